@@ -92,8 +92,10 @@ class Recipe:
 
     # ---- construction -------------------------------------------------------------------
     def __post_init__(self):
-        self.mode = normalize_mode(self.mode)
+        from .methods import effective_mode  # calc modes that imply a merge mode (trainDifference → Add)
+
         self.calc = normalize_calc(self.calc)
+        self.mode = effective_mode(self.calc, normalize_mode(self.mode))
         for name in ("model_b", "model_c", "alpha_blocks", "beta_blocks", "bake_vae"):
             v = getattr(self, name)
             if v is not None and str(v).strip() == "":

@@ -1,0 +1,206 @@
+"""A RAM (optionally VRAM) cache of source tensors, so sweeps re-read nothing from disk.
+
+`SourceCache.open(path)` returns a `CachedSource` with the interface of `merger.io.Source`
+(keys / info / __contains__ / read). Entries are keyed by (realpath, size, mtime_ns, tensor key):
+a file changed on disk is a different file. Eviction is least-recently-used within a byte budget.
+Cached tensors are shared, never copied on read: callers (the engine's kernels) must not modify
+what `read` returns without a buffer (DESIGN.md: kernels are pure)."""
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from typing import Callable, NamedTuple
+
+import torch
+
+from .errors import AlloyError
+
+
+class FileId(NamedTuple):
+    realpath: str
+    size: int
+    mtime_ns: int
+
+
+def file_id(path: str) -> FileId:
+    """(realpath, size, mtime_ns) of `path`; AlloyError when it does not exist."""
+    real = os.path.realpath(path)
+    try:
+        st = os.stat(real)
+    except OSError as e:
+        raise AlloyError(f"Cannot read {path}: {e.strerror}.") from None
+    return FileId(real, st.st_size, st.st_mtime_ns)
+
+
+def _default_opener(path: str, label: str):
+    from .io import open_source
+    return open_source(path, label)
+
+
+class CacheStats(NamedTuple):
+    bytes: int
+    budget: int
+    entries: int
+    files: int
+    hits: int
+    misses: int
+
+
+class SourceCache:
+    """LRU byte-budgeted cache of tensors of opened model files (thread-safe)."""
+
+    def __init__(self, budget_bytes: int, *, opener: Callable | None = None,
+                 gpu_device: str | None = None, gpu_reserve_bytes: int = 2 << 30):
+        self._budget = max(0, int(budget_bytes))
+        self._opener = opener or _default_opener
+        self._gpu = gpu_device
+        self._gpu_reserve = gpu_reserve_bytes
+        self._lock = threading.RLock()
+        self._sources: dict[FileId, object] = {}
+        self._lru: OrderedDict[tuple[FileId, str], torch.Tensor] = OrderedDict()
+        self._bytes = 0
+        self._hits = 0
+        self._misses = 0
+
+    # ---- files ---------------------------------------------------------------------------
+    def open(self, path: str, label: str = "model A") -> "CachedSource":
+        """A cached view of `path`; the underlying file stays open until it changes or clear()."""
+        fid = file_id(path)
+        with self._lock:
+            src = self._sources.get(fid)
+            if src is None:
+                self._forget_path(fid.realpath)
+                src = self._opener(path, label)
+                self._sources[fid] = src
+        return CachedSource(self, fid, src, path, label)
+
+    def _forget_path(self, realpath: str) -> None:
+        """Drop every file id (and its tensors) of an older version of `realpath`."""
+        for old in [f for f in self._sources if f.realpath == realpath]:
+            for k in [k for k in self._lru if k[0] == old]:
+                self._bytes -= _nbytes(self._lru.pop(k))
+            src = self._sources.pop(old)
+            close = getattr(src, "close", None)
+            if close:
+                close()
+
+    # ---- tensors -------------------------------------------------------------------------
+    def get(self, fid: FileId, key: str, src) -> torch.Tensor:
+        """The tensor `key` of file `fid`, from the cache or read once from `src`."""
+        with self._lock:
+            t = self._lru.get((fid, key))
+            if t is not None:
+                self._lru.move_to_end((fid, key))
+                self._hits += 1
+                return t
+            self._misses += 1
+        t = src.read(key)
+        with self._lock:
+            self._store((fid, key), t)
+        return t
+
+    def _store(self, ck: tuple[FileId, str], t: torch.Tensor) -> None:
+        n = _nbytes(t)
+        if n > self._budget or ck in self._lru:
+            return
+        self._evict(self._budget - n)
+        t = self._maybe_gpu(t)
+        self._lru[ck] = t
+        self._bytes += n
+
+    def _maybe_gpu(self, t: torch.Tensor) -> torch.Tensor:
+        """Move to the cache GPU when free VRAM exceeds the tensor + a reserve."""
+        if not self._gpu or not torch.cuda.is_available():
+            return t
+        try:
+            free, _ = torch.cuda.mem_get_info(torch.device(self._gpu))
+        except Exception:
+            return t
+        return t.to(self._gpu) if free > _nbytes(t) + self._gpu_reserve else t
+
+    def _evict(self, limit: int) -> None:
+        while self._lru and self._bytes > max(0, limit):
+            _, old = self._lru.popitem(last=False)
+            self._bytes -= _nbytes(old)
+
+    def set_budget(self, budget_bytes: int) -> None:
+        with self._lock:
+            self._budget = max(0, int(budget_bytes))
+            self._evict(self._budget)
+
+    def clear(self) -> None:
+        """Drop every cached tensor and close every file."""
+        with self._lock:
+            self._lru.clear()
+            self._bytes = 0
+            for src in self._sources.values():
+                close = getattr(src, "close", None)
+                if close:
+                    close()
+            self._sources.clear()
+
+    def stats(self) -> CacheStats:
+        with self._lock:
+            return CacheStats(self._bytes, self._budget, len(self._lru), len(self._sources),
+                              self._hits, self._misses)
+
+
+class CachedSource:
+    """`merger.io.Source` interface over a SourceCache entry."""
+
+    def __init__(self, cache: SourceCache, fid: FileId, src, path: str, label: str):
+        self._cache, self._src, self.fid = cache, src, fid
+        self.path, self.label = path, label
+        self.metadata = getattr(src, "metadata", {})
+
+    def keys(self) -> list[str]:
+        return self._src.keys()
+
+    def info(self, key: str):
+        if key not in self._src:
+            raise AlloyError(f"{self.label} ({self.path}) has no tensor {key!r}")
+        return self._src.info(key)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._src
+
+    def __len__(self) -> int:
+        return len(self._src.keys())
+
+    def read(self, key: str, buffer=None, *, out=None) -> torch.Tensor:
+        """The cached tensor (shared: do not modify it); with `buffer`/`out`, a copy in it."""
+        if key not in self._src:
+            raise AlloyError(f"{self.label} ({self.path}) has no tensor {key!r}")
+        t = self._cache.get(self.fid, key, self._src)
+        target = buffer if buffer is not None else out
+        if target is None:
+            return t
+        if isinstance(target, torch.Tensor) and target.dtype == t.dtype and target.shape == t.shape:
+            return target.copy_(t)
+        raw = _byte_view(target, _nbytes(t))
+        view = raw.view(t.dtype).reshape(t.shape) if t.numel() else torch.empty(t.shape, dtype=t.dtype)
+        return view.copy_(t)
+
+    def close(self) -> None:
+        """No-op: the cache owns the file."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def _byte_view(target, nbytes: int) -> torch.Tensor:
+    if isinstance(target, (bytearray, memoryview)):
+        return torch.frombuffer(target, dtype=torch.uint8, count=nbytes) if nbytes else torch.empty(0, dtype=torch.uint8)
+    flat = target.reshape(-1)
+    flat = flat.view(torch.uint8) if flat.dtype != torch.uint8 else flat
+    if flat.numel() < nbytes:
+        raise ValueError(f"buffer too small ({flat.numel()} < {nbytes} bytes)")
+    return flat[:nbytes]

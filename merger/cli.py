@@ -1,0 +1,200 @@
+"""`python -m merger …`: merge, run, inspect, presets, ui, lora."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from .errors import AlloyError
+from .recipe import CALCS, MODES, Recipe
+
+EXIT_ERROR = 2
+
+
+def _progress(quiet: bool):
+    """A tqdm bar on stderr; phases (statistics pre-pass, merge) each get their own bar."""
+    if quiet:
+        return None, lambda: None
+    from tqdm import tqdm
+
+    state = {"bar": None, "total": None}
+
+    def update(done, total, key):
+        bar = state["bar"]
+        if bar is None or total != state["total"] or done < bar.n:
+            if bar is not None:
+                bar.close()
+            desc = "statistics" if str(key).startswith("statistics ") else "merging"
+            state["bar"] = bar = tqdm(total=total, desc=desc, unit="key", file=sys.stderr, leave=False)
+            state["total"] = total
+        bar.update(done - bar.n)
+
+    def close():
+        if state["bar"] is not None:
+            state["bar"].close()
+
+    return update, close
+
+
+def _add_merge_args(p):
+    p.add_argument("--model-a", required=True, help="primary model (the base)")
+    p.add_argument("--model-b", required=True)
+    p.add_argument("--model-c")
+    p.add_argument("--mode", default="weight_sum", help=f"{'|'.join(MODES)} (UI names accepted)")
+    p.add_argument("--calc", default="normal", help="|".join(CALCS))
+    p.add_argument("--alpha", type=float, default=0.5)
+    p.add_argument("--beta", type=float, default=0.25)
+    p.add_argument("--gamma", type=float, default=0.3)
+    p.add_argument("--alpha-blocks", help='block weights "v0,v1,…" (26 SD1/SD2, 20 SDXL, 61 Flux) or a preset')
+    p.add_argument("--beta-blocks", help="block weights for beta")
+    p.add_argument("--elemental", default="", help='elemental rules "BLOCKS:ELEMENTS:RATIO, …"')
+    sel = p.add_mutually_exclusive_group()
+    sel.add_argument("--include", default="", help="merge only these blocks / VAE / ADJUST / key substrings")
+    sel.add_argument("--exclude", default="", help="keep model A for these blocks / VAE / ADJUST / key substrings")
+    p.add_argument("--adjust", default="", help='8 numbers "IN,OUT,OUT2,CONT,BRI,COL1,COL2,COL3"')
+    p.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32", "keep"])
+    p.add_argument("--compute-dtype", default="fp32", choices=["fp32", "fp64"])
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument("--prune", action="store_true", help="drop EMA weights and schedule buffers")
+    p.add_argument("--bake-vae", help="replace the VAE with this file's weights")
+    p.add_argument("--fix-clip-ids", action="store_true", help="repair CLIP position_ids to 0..76")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _add_common_out(p):
+    p.add_argument("--out", required=True, help="output .safetensors file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument("--presets", default=os.environ.get("ALLOY_PRESETS"), help="user presets file")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m merger", description="Alloy: merge Stable Diffusion models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("merge", help="merge checkpoints into a new file")
+    _add_merge_args(p)
+    _add_common_out(p)
+    p.add_argument("--recipe-out", help="also write the recipe (with input hashes) to this JSON file")
+
+    p = sub.add_parser("run", help="re-run a recipe file")
+    p.add_argument("recipe")
+    _add_common_out(p)
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("inspect", help="architecture, keys, dtypes, blocks, embedded recipe")
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("presets", help="list block-weight presets")
+    p.add_argument("--arch", default="sd1", choices=["sd1", "sd2", "sdxl", "flux"])
+    p.add_argument("--presets", default=os.environ.get("ALLOY_PRESETS"), help="user presets file")
+
+    p = sub.add_parser("ui", help="serve the Alloy tab as a standalone app on 127.0.0.1")
+    p.add_argument("args", nargs=argparse.REMAINDER)
+
+    try:
+        from .lora.cli import add_lora_parser
+    except ImportError:  # pragma: no cover - the LoRA tools are part of every release
+        add_lora_parser = None
+    if add_lora_parser is not None:
+        add_lora_parser(sub)
+    return parser
+
+
+def _presets(path):
+    from .presets import Presets
+    return Presets(path)
+
+
+def _recipe_from_args(a) -> Recipe:
+    return Recipe(model_a=a.model_a, model_b=a.model_b, model_c=a.model_c, mode=a.mode, calc=a.calc,
+                  alpha=a.alpha, beta=a.beta, gamma=a.gamma, alpha_blocks=a.alpha_blocks,
+                  beta_blocks=a.beta_blocks, elemental=a.elemental, include=a.include, exclude=a.exclude,
+                  adjust=a.adjust, dtype=a.dtype, compute_dtype=a.compute_dtype, prune=a.prune,
+                  bake_vae=a.bake_vae, fix_clip_ids=a.fix_clip_ids, seed=a.seed)
+
+
+def _run_merge(recipe: Recipe, a, verify: bool) -> int:
+    from .filemerge import merge_to_file
+
+    recipe_out = getattr(a, "recipe_out", None)
+    if recipe_out and os.path.exists(recipe_out) and not a.overwrite:
+        raise AlloyError(f"{recipe_out} exists; pass --overwrite to replace it.")
+    update, close = _progress(a.quiet)
+    try:
+        report = merge_to_file(recipe, a.out, overwrite=a.overwrite, device=a.device, progress=update,
+                               presets=_presets(a.presets), verify_hashes=verify)
+    finally:
+        close()
+    if recipe_out:
+        from .atomic import atomic_write_text
+        atomic_write_text(recipe_out, report.recipe.to_json() + "\n", overwrite=a.overwrite)
+    for w in report.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    if not a.quiet:
+        print(report.message())
+    return 0
+
+
+def _resolve_recipe_paths(recipe: Recipe, recipe_path: str) -> Recipe:
+    """Relative model paths in a recipe file are tried from the current folder, then the recipe's."""
+    base = os.path.dirname(os.path.abspath(recipe_path))
+    changes = {}
+    for name in ("model_a", "model_b", "model_c", "bake_vae"):
+        p = getattr(recipe, name)
+        if p and not os.path.isabs(p) and not os.path.exists(p) and os.path.exists(os.path.join(base, p)):
+            changes[name] = os.path.join(base, p)
+    return recipe.replace(**changes) if changes else recipe
+
+
+def cmd_inspect(a) -> int:
+    from .inspect import describe, format_description
+
+    info = describe(a.file)
+    print(json.dumps(info, indent=2) if a.json else format_description(info))
+    return 0
+
+
+def cmd_presets(a) -> int:
+    from .arch import get_arch
+
+    arch = get_arch(a.arch)
+    presets = _presets(a.presets)
+    for name in presets.names(arch):
+        values = ",".join(f"{v:g}" for v in presets.get(name, arch))
+        print(f"{name}\t{values}")
+    return 0
+
+
+def dispatch(a) -> int:
+    if a.command == "merge":
+        return _run_merge(_recipe_from_args(a), a, verify=False)
+    if a.command == "run":
+        recipe = _resolve_recipe_paths(Recipe.load(a.recipe), a.recipe)
+        return _run_merge(recipe, a, verify=True)
+    if a.command == "inspect":
+        return cmd_inspect(a)
+    if a.command == "presets":
+        return cmd_presets(a)
+    if a.command == "ui":
+        from .ui.standalone import main as ui_main
+        return ui_main(a.args) or 0
+    if a.command == "lora":
+        from .lora.cli import run as lora_run
+        return lora_run(a)
+    raise AlloyError(f"Unknown command {a.command}.")
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    try:
+        return dispatch(a)
+    except AlloyError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing was written.", file=sys.stderr)
+        return 130

@@ -1,0 +1,243 @@
+"""The executor: streams every planned key from the sources through its kernel into a sink.
+
+Memory stays bounded by a few tensors: each source is read key by key (in A's file order) into
+reused buffers, elementwise methods run over 1 Mi-element chunks through reused float32 scratch
+buffers, and the result is cast straight into the sink's target (a reused output buffer for files,
+the parameter itself for a live model). The next key is read by a helper thread while the current
+one is computed."""
+from __future__ import annotations
+
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+
+from .adjust import apply_adjust
+from .errors import AlloyError, Interrupted
+from .methods import KeyContext
+from .plan import SLOTS, KeyPlan, Plan
+
+CHUNK = 1 << 20
+_CHECKABLE = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+class Sink:
+    """Where merged tensors go. Subclasses: `merger.sinks.FileSink`, `merger.live.LiveSink`."""
+
+    def begin(self, plan: Plan) -> None:
+        pass
+
+    def target(self, kp: KeyPlan) -> torch.Tensor | None:
+        """A destination of kp.shape in the sink's dtype to write into, or None."""
+        return None
+
+    def put(self, kp: KeyPlan, tensor: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def finish(self, report: "Report") -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+@dataclass
+class Report:
+    recipe: object
+    seconds: float = 0.0
+    keys_merged: int = 0
+    keys_copied: int = 0
+    keys_written: int = 0
+    keys_from_cache: int = 0
+    path: str | None = None
+    warnings: list = field(default_factory=list)
+
+    def message(self) -> str:
+        where = f" → {self.path}" if self.path else ""
+        cache = f", {self.keys_from_cache} keys from cache" if self.keys_from_cache else ""
+        name = self.recipe.display_name() if self.recipe is not None else "merge"
+        return (f"{name}{where}: {self.keys_merged} keys merged, {self.keys_copied} copied{cache} "
+                f"in {self.seconds:.1f} s")
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise AlloyError("CUDA was requested but no CUDA device is available; use --device cpu.")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise AlloyError(f"Unknown device '{device}'; use cpu, cuda or auto.") from None
+
+
+class _Buffers:
+    """Two sets of reusable read buffers per source slot (one being read, one being computed)."""
+
+    def __init__(self, sizes: dict):
+        self.sets = [{s: torch.empty(n, dtype=torch.uint8) for s, n in sizes.items() if n} for _ in range(2)]
+
+
+class _Scratch:
+    """Reused compute-dtype chunk buffers for elementwise kernels."""
+
+    def __init__(self, dtype, device, n=CHUNK):
+        self.t = {name: torch.empty(n, dtype=dtype, device=device) for name in ("a", "b", "c", "out")}
+
+
+def _needed_slots(plan: Plan, kp: KeyPlan) -> tuple:
+    if kp.action == "merge":
+        return ("a", "b", "c") if plan.method.needs_c else ("a", "b")
+    return {"keep_a": ("a",), "copy_b": ("b",)}.get(kp.action, ())
+
+
+def _read(plan: Plan, sources: dict, kp: KeyPlan, bufs: dict) -> dict:
+    out = {}
+    for slot in _needed_slots(plan, kp):
+        out[slot] = sources[slot].read(kp.key, bufs.get(slot))
+    if kp.action == "vae":
+        vsrc, vkey = plan.vae[kp.key]
+        out["v"] = vsrc.read(vkey)
+    return out
+
+
+def _check_finite(key: str, t: torch.Tensor) -> None:
+    if t.dtype not in _CHECKABLE or t.numel() == 0:
+        return
+    s = float(t.sum(dtype=torch.float64 if t.dtype == torch.float64 else torch.float32))
+    if not math.isfinite(s) and not bool(torch.isfinite(t).all()):
+        raise AlloyError(f"The merged tensor {key} contains NaN or infinite values (check the inputs and "
+                         f"the weights); nothing was written.")
+
+
+def _merge_elementwise(plan, kp, t, target, scratch, ctx):
+    """Chunked kernel application: inputs are cast into scratch, the result into the target."""
+    fn, r = plan.method.fn, plan.recipe
+    flat = {s: v.reshape(-1) for s, v in t.items()}
+    dst = target.reshape(-1)
+    n = dst.numel()
+    for s in range(0, n, CHUNK):
+        e = min(n, s + CHUNK)
+        buf = {k: scratch.t[k][: e - s] for k in ("a", "b", "c", "out")}
+        for slot in flat:
+            buf[slot].copy_(flat[slot][s:e])
+        ctx.out = buf["out"]
+        res = fn(buf["a"], buf["b"], buf.get("c") if "c" in flat else None,
+                 alpha=kp.alpha, beta=kp.beta, gamma=r.gamma, ctx=ctx)
+        dst[s:e].copy_(res)
+        _check_finite(kp.key, dst[s:e] if dst.dtype in _CHECKABLE else res)
+
+
+def _merge_whole(plan, kp, t, device):
+    """Whole-tensor kernel application (non-elementwise methods, §10.5 channel slices, Adjust)."""
+    r, cd = plan.recipe, plan.compute_dtype
+    x = {s: v.to(device=device, dtype=cd) for s, v in t.items()}
+    ctx = KeyContext(key=kp.key, stats=getattr(plan, "stats", None))
+    if kp.channels:
+        sl = (slice(None), slice(0, kp.channels))
+        res = x["a"].clone()
+        res[sl] = plan.method.fn(x["a"][sl], x["b"][sl], x["c"][sl] if "c" in x else None,
+                                 alpha=kp.alpha, beta=kp.beta, gamma=r.gamma, ctx=ctx)
+    else:
+        res = plan.method.fn(x["a"], x["b"], x.get("c"), alpha=kp.alpha, beta=kp.beta, gamma=r.gamma, ctx=ctx)
+    if kp.adjust:
+        res = apply_adjust(kp.key, res, plan.adjust, plan.arch)
+    _check_finite(kp.key, res)
+    return res
+
+
+def _prepass(plan: Plan, sources: dict, device, progress, should_stop) -> None:
+    """Cosine modes: global similarity statistics over A and B (§4.2, §20.3)."""
+    a, b, arch = sources["a"], sources["b"], plan.arch
+    keys = [k for k in a.keys()
+            if ("model" in k or (k in plan and plan[k].action == "merge")) and k in b
+            and not arch.is_vae(k) and tuple(a.info(k).shape) == tuple(b.info(k).shape)]
+    values = []
+    for i, k in enumerate(keys):
+        if should_stop is not None and should_stop():
+            raise Interrupted("The merge was stopped; nothing was changed.")
+        ta = a.read(k).to(device=device, dtype=torch.float32)
+        tb = b.read(k).to(device=device, dtype=torch.float32)
+        values.append(plan.method.prepass(ta, tb).to("cpu"))
+        if progress:
+            progress(i + 1, len(keys), f"statistics {k}")
+    plan.stats = plan.method.finalize(values)
+
+
+def _sizes(plan: Plan, sources: dict, work: list) -> dict:
+    sizes = {s: 0 for s in SLOTS if s in sources}
+    for kp in work:
+        for slot in _needed_slots(plan, kp):
+            sizes[slot] = max(sizes[slot], sources[slot].info(kp.key).nbytes)
+    return sizes
+
+
+def execute(plan: Plan, sources: dict, sink: Sink, *, device="cpu", progress=None, should_stop=None,
+            only_keys=None) -> Report:
+    """Produce every planned key (or only `only_keys`) through `sink`. Aborts the sink on any error."""
+    t0 = time.perf_counter()
+    device = resolve_device(device) if not isinstance(device, torch.device) else device
+    report = Report(recipe=plan.recipe)
+    work = [kp for kp in plan.items if only_keys is None or kp.key in only_keys]
+    bufs = _Buffers(_sizes(plan, sources, work))
+    scratch = _Scratch(plan.compute_dtype, device) if plan.method.elementwise else None
+    ctx = KeyContext(key="")
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="alloy-read")
+    try:
+        sink.begin(plan)
+        if plan.method.prepass is not None and any(kp.action == "merge" for kp in work):
+            _prepass(plan, sources, device, progress, should_stop)
+        pending = pool.submit(_read, plan, sources, work[0], bufs.sets[0]) if work else None
+        for i, kp in enumerate(work):
+            if should_stop is not None and should_stop():
+                raise Interrupted("The merge was stopped; nothing was changed.")
+            tensors = pending.result()
+            if i + 1 < len(work):
+                pending = pool.submit(_read, plan, sources, work[i + 1], bufs.sets[(i + 1) % 2])
+            _produce(plan, kp, tensors, sink, scratch, ctx, device, report)
+            if progress:
+                progress(i + 1, len(work), kp.key)
+        report.seconds = time.perf_counter() - t0
+        report.keys_written = len(work)
+        sink.finish(report)
+    except BaseException:
+        sink.abort()
+        raise
+    finally:
+        pool.shutdown(wait=True)
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _produce(plan, kp, tensors, sink, scratch, ctx, device, report) -> None:
+    target = sink.target(kp)
+    if kp.action == "merge":
+        report.keys_merged += 1
+        if plan.method.elementwise and not kp.channels and not kp.adjust and tensors["a"].dim() > 0:
+            if target is None:
+                target = torch.empty(kp.shape, dtype=kp.out_dtype)
+            ctx.key, ctx.stats = kp.key, None
+            _merge_elementwise(plan, kp, tensors, target, scratch, ctx)
+            sink.put(kp, target)
+            return
+        result = _merge_whole(plan, kp, tensors, device)
+    else:
+        report.keys_copied += 1
+        if kp.action == "clip_ids":
+            result = torch.arange(kp.shape[-1], dtype=kp.out_dtype).reshape(kp.shape)
+        else:
+            result = tensors[{"keep_a": "a", "copy_b": "b", "vae": "v"}[kp.action]]
+    if target is not None:
+        target.copy_(result)
+        result = target
+    elif result.dtype != kp.out_dtype:
+        result = result.to(kp.out_dtype)
+    sink.put(kp, result)
+
+
+def merge_to_file(recipe, out_path, **kwargs) -> Report:
+    """See `merger.filemerge.merge_to_file`."""
+    from .filemerge import merge_to_file as _merge_to_file
+    return _merge_to_file(recipe, out_path, **kwargs)

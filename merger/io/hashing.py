@@ -1,0 +1,123 @@
+"""Model file hashes: full SHA-256 (cached) and A1111's legacy 8-hex hash."""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import threading
+
+from merger.errors import AlloyError
+
+CHUNK = 1 << 20
+
+
+def _stat_key(path: str) -> tuple[str, int, int]:
+    """(realpath, size, mtime_ns): the identity a cached hash is valid for."""
+    real = os.path.realpath(os.fspath(path))
+    try:
+        st = os.stat(real)
+    except FileNotFoundError:
+        raise AlloyError(f"cannot hash {path}: the file does not exist") from None
+    if not os.path.isfile(real):
+        raise AlloyError(f"cannot hash {path}: not a file")
+    return real, st.st_size, st.st_mtime_ns
+
+
+def _sha256_uncached(path: str) -> str:
+    """sha256 of the whole file, read in 1 MiB chunks into one reused buffer."""
+    h = hashlib.sha256()
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    try:
+        with open(path, "rb", buffering=0) as f:
+            while n := f.readinto(buf):
+                h.update(view[:n])
+    except OSError as exc:
+        raise AlloyError(f"cannot hash {path}: {exc.strerror or exc}") from None
+    return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=4096)
+def _sha256_memo(real: str, size: int, mtime_ns: int) -> str:
+    """In-process memo; the (size, mtime_ns) arguments make an edited file a new entry."""
+    return _sha256_uncached(real)
+
+
+class HashCache:
+    """Persistent sha256 cache in a JSON file {realpath: {"size", "mtime_ns", "sha256"}}.
+    A missing or corrupt file starts empty; saves are atomic (temp + os.replace)."""
+
+    def __init__(self, path: str | None):
+        self.path = path
+        self._lock = threading.Lock()
+        self._data: dict[str, dict] = self._load()
+
+    def _load(self) -> dict[str, dict]:
+        if not self.path or not os.path.isfile(self.path):
+            return {}
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                data = json.load(f)
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def get(self, real: str, size: int, mtime_ns: int) -> str | None:
+        with self._lock:
+            row = self._data.get(real)
+        if isinstance(row, dict) and row.get("size") == size and row.get("mtime_ns") == mtime_ns:
+            sha = row.get("sha256")
+            return sha if isinstance(sha, str) and len(sha) == 64 else None
+        return None
+
+    def put(self, real: str, size: int, mtime_ns: int, sha256: str) -> None:
+        with self._lock:
+            self._data[real] = {"size": size, "mtime_ns": mtime_ns, "sha256": sha256}
+            self._save()
+
+    def _save(self) -> None:
+        if not self.path:
+            return
+        tmp = f"{self.path}.tmp-{os.getpid()}"
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(self._data, f, indent=1, sort_keys=True)
+            os.replace(tmp, self.path)
+        except OSError:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+def sha256_file(path, cache: HashCache | None = None) -> str:
+    """Full sha256 hex of a file; cached in-process and (optionally) in `cache`, keyed by
+    realpath + size + mtime_ns, so a rewritten file is hashed again."""
+    real, size, mtime_ns = _stat_key(path)
+    if cache is not None:
+        hit = cache.get(real, size, mtime_ns)
+        if hit is not None:
+            return hit
+    sha = _sha256_memo(real, size, mtime_ns)
+    if cache is not None:
+        cache.put(real, size, mtime_ns, sha)
+    return sha
+
+
+def short_hash(sha256: str) -> str:
+    """The WebUI's short hash: the first 10 hex digits of the full sha256."""
+    return sha256[:10]
+
+
+def legacy_hash(path) -> str:
+    """A1111's old model hash: first 8 hex of sha256 over the 0x10000 bytes at offset 0x100000
+    (files shorter than that hash fewer or no bytes, exactly as the WebUI does)."""
+    try:
+        with open(os.fspath(path), "rb") as f:
+            f.seek(0x100000)
+            return hashlib.sha256(f.read(0x10000)).hexdigest()[:8]
+    except FileNotFoundError:
+        raise AlloyError(f"cannot hash {path}: the file does not exist") from None
+    except OSError as exc:
+        raise AlloyError(f"cannot hash {path}: {exc.strerror or exc}") from None

@@ -1,0 +1,87 @@
+"""Shared types of the merge-method registry: `Method`, `KeyContext` and small kernel helpers.
+
+Kernels have the signature ``fn(a, b, c, *, alpha, beta, gamma, ctx) -> Tensor``:
+* a, b, c are tensors of one shape in the compute dtype (float32 or float64), on one device;
+  b or c is None when the method does not use it. Kernels never modify them (they may be cached).
+* The result has a's shape and dtype. When ``ctx.out`` is given (a buffer of a's shape and
+  dtype) the kernel writes the result there and returns ``ctx.out``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ..errors import AlloyError
+
+
+@dataclass
+class KeyContext:
+    """Per-key information a kernel may use.
+
+    key: the state-dict key (``self`` excludes keys by substring).
+    stats: the object ``Method.finalize`` returned (cosine modes), else None.
+    out: a buffer of a's shape and dtype to write the result into, or None.
+    generator: a per-key seeded generator (unused by the current methods; kept for DESIGN.md).
+    """
+
+    key: str = ""
+    stats: object | None = None
+    out: torch.Tensor | None = None
+    generator: torch.Generator | None = None
+
+
+@dataclass(frozen=True)
+class Method:
+    """One (merge mode, calc mode) combination and its kernel.
+
+    elementwise: result[i] depends only on a[i], b[i], c[i] (and the key), so the engine may call
+        ``fn`` on aligned flat chunks with ``ctx.out`` set to a chunk of the destination.
+    prepass / finalize: cosine statistics. ``prepass(a, b)`` returns a 1-D tensor of values for one
+        key; ``finalize([values, ...])`` turns all keys' values into the ``ctx.stats`` object.
+    skips_vae: keys of the VAE (``first_stage_model``) keep A (cosine modes).
+    """
+
+    mode: str
+    calc: str
+    fn: Callable[..., torch.Tensor]
+    needs_c: bool
+    uses_beta: bool
+    uses_gamma: bool
+    elementwise: bool
+    prepass: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    finalize: Callable[[list], object] | None = None
+    skips_vae: bool = False
+    check: Callable[[float, float, float], None] | None = None
+    summary: str = ""
+
+    def validate(self, alpha: float, beta: float, gamma: float) -> None:
+        """Raise AlloyError when a ratio is not a finite number or is out of this method's range."""
+        for name, v in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
+            if not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise AlloyError(f"{name} must be a finite number for {self.calc} merges, not {v!r}.")
+        if self.check is not None:
+            self.check(float(alpha), float(beta), float(gamma))
+
+    def __call__(self, a, b=None, c=None, *, alpha=0.5, beta=0.25, gamma=0.3, ctx=None):
+        return self.fn(a, b, c, alpha=alpha, beta=beta, gamma=gamma,
+                       ctx=ctx if ctx is not None else KeyContext())
+
+
+def emit(result: torch.Tensor, ctx: KeyContext) -> torch.Tensor:
+    """Return `result`, or copy it into ``ctx.out`` (and return that) when a buffer is given."""
+    out = ctx.out
+    if out is None or out is result:
+        return result
+    out.copy_(result)
+    return out
+
+
+def copy_of(x: torch.Tensor, ctx: KeyContext) -> torch.Tensor:
+    """An unaliased copy of `x` (in ``ctx.out`` when given): kernels never hand back their inputs."""
+    if ctx.out is not None:
+        ctx.out.copy_(x)
+        return ctx.out
+    return x.clone()

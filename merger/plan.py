@@ -1,0 +1,215 @@
+"""The plan: for every output key, what to do (merge with which ratios, keep A, copy B, …).
+
+`build_plan` does all validation that needs only file headers (architectures, shapes, block lists,
+names, ranges) so that a bad recipe is refused before the first tensor is read."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .adjust import parse_adjust, validate_adjust
+from .arch import Arch, check_same_arch, detect
+from .errors import AlloyError
+from .io import open_source, vae_overrides
+from .methods import Method, get_method
+from .presets import Presets
+from .recipe import Recipe
+from .weights import RatioResolver
+
+OUT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+COMPUTE = {"fp32": torch.float32, "fp64": torch.float64}
+# Channel counts of special first convs (§10.5): inpainting has 9 input channels, instruct-pix2pix 8.
+SPECIAL_IN_CHANNELS = {9: "inpainting", 8: "instruct-pix2pix"}
+SLOTS = ("a", "b", "c")
+
+
+@dataclass
+class KeyPlan:
+    """How one output key is produced.
+
+    action: "merge" (method on A, B, C), "keep_a", "copy_b", "vae" (from the bake-VAE file),
+    "clip_ids" (repaired CLIP position ids)."""
+
+    key: str
+    action: str
+    shape: tuple
+    out_dtype: torch.dtype
+    block: str | None = None
+    alpha: float = 0.0
+    beta: float = 0.0
+    channels: int | None = None  # merge only the first N channels of dim 1 (§10.5)
+    adjust: bool = False
+    src_key: str | None = None  # the key inside the source (vae)
+
+
+@dataclass
+class Plan:
+    recipe: Recipe
+    arch: Arch
+    method: Method
+    items: list[KeyPlan]
+    compute_dtype: torch.dtype
+    adjust: tuple | None = None
+    vae: dict = field(default_factory=dict)  # out key -> (Source, key)
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        self._by_key = {kp.key: kp for kp in self.items}
+
+    def __getitem__(self, key) -> KeyPlan:
+        return self._by_key[key]
+
+    def __contains__(self, key) -> bool:
+        return key in self._by_key
+
+    def signature(self, key: str) -> tuple:
+        """Hashable description of how `key` is computed: equal signatures ⇒ equal tensors."""
+        kp = self._by_key[key]
+        r = self.recipe
+        ident = r.identity()
+        models = tuple(ident[f"model_{s}"] for s in SLOTS)
+        if kp.action == "merge":
+            return ("merge", models, r.mode, r.calc, kp.alpha, kp.beta, r.gamma, kp.channels,
+                    self.adjust if kp.adjust else None, r.compute_dtype, kp.out_dtype)
+        if kp.action == "keep_a":
+            return ("keep_a", models[0], kp.out_dtype)
+        if kp.action == "copy_b":
+            return ("copy_b", models[1], kp.out_dtype)
+        if kp.action == "vae":
+            return ("vae", r.bake_vae, kp.src_key, kp.out_dtype)
+        return (kp.action, kp.out_dtype)
+
+    def count(self, action: str) -> int:
+        return sum(1 for kp in self.items if kp.action == action)
+
+
+def open_sources(recipe: Recipe) -> dict:
+    """Open A, B and (when the method needs it) C from their headers."""
+    method = get_method(recipe.mode, recipe.calc)
+    paths = {"a": recipe.model_a, "b": recipe.model_b, "c": recipe.model_c if method.needs_c else None}
+    if method.needs_c and not recipe.model_c:
+        raise AlloyError(f"The {recipe.mode.replace('_', ' ')} mode ({recipe.calc}) needs a model C.")
+    sources = {}
+    try:
+        for slot, path in paths.items():
+            if path:
+                sources[slot] = open_source(path, label=f"model {slot.upper()}")
+    except BaseException:
+        for s in sources.values():
+            s.close()
+        raise
+    return sources
+
+
+def _out_dtype(recipe: Recipe, dtype: torch.dtype, key: str, block: str | None) -> torch.dtype:
+    """Chosen precision for floating tensors of the model; other tensors keep their dtype.
+
+    Keys that are neither mapped to a block nor part of the model (schedule buffers such as
+    `alphas_cumprod`) keep their dtype, as SuperMerger's fp16 option does."""
+    if not dtype.is_floating_point or recipe.dtype == "keep":
+        return dtype
+    if block is None and "model" not in key:
+        return dtype
+    return OUT_DTYPES[recipe.dtype]
+
+
+def _shape_rule(key: str, shapes: dict, calc: str) -> int | None:
+    """Check A/B/C shapes of one key; return the channel count to merge for §10.5 keys, else None."""
+    sa = shapes["a"]
+    others = {s: sh for s, sh in shapes.items() if s != "a"}
+    if all(sh == sa for sh in others.values()):
+        return None
+    label = {s: f"model {s.upper()}" for s in SLOTS}
+    for slot, sh in others.items():
+        if len(sh) != len(sa) or len(sa) < 2 or any(x != y for i, (x, y) in enumerate(zip(sa, sh)) if i != 1):
+            raise AlloyError(f"Shape mismatch at key {key}: model A has {tuple(sa)} but {label[slot]} has "
+                             f"{tuple(sh)}.")
+    small = min(sh[1] for sh in others.values())
+    if sa[1] < max(sh[1] for sh in others.values()):
+        big = max(others, key=lambda s: others[s][1])
+        kind = SPECIAL_IN_CHANNELS.get(others[big][1], "special")
+        raise AlloyError(f"Key {key} has {others[big][1]} input channels in {label[big]} but {sa[1]} in "
+                         f"model A: the {kind} model must be model A.")
+    if sa[1] not in SPECIAL_IN_CHANNELS or small != 4:
+        raise AlloyError(f"Shape mismatch at key {key}: model A has {tuple(sa)}, the others "
+                         f"{', '.join(str(tuple(s)) for s in others.values())}.")
+    if calc != "normal":
+        raise AlloyError(f"Model A is an {SPECIAL_IN_CHANNELS[sa[1]]} model; only the normal calculation "
+                         f"mode can merge its first layer ({key}).")
+    return small
+
+
+def build_plan(recipe: Recipe, sources: dict, *, presets: Presets | None = None) -> Plan:
+    """Validate the recipe against the file headers and decide every output key."""
+    recipe.validate()
+    method = get_method(recipe.mode, recipe.calc)
+    method.validate(recipe.alpha, recipe.beta, recipe.gamma)
+    src_a, src_b, src_c = sources["a"], sources["b"], sources.get("c")
+    archs = {s.label + f" ({s.path})": detect(s.keys(), label=s.label) for s in (src_a, src_b, src_c) if s}
+    check_same_arch(archs)
+    arch = next(iter(archs.values()))
+    presets = presets if presets is not None else Presets()
+    resolver = RatioResolver(recipe, arch, presets)
+    adjust = parse_adjust(recipe.adjust)
+    if adjust is not None:
+        validate_adjust(adjust, arch)
+    adjust_keys = set(arch.adjust_keys.values()) if adjust is not None else set()
+    vae = vae_overrides(recipe.bake_vae) if recipe.bake_vae else {}
+    compute = COMPUTE[recipe.compute_dtype]
+
+    items: list[KeyPlan] = []
+    for key in src_a.keys():
+        ia = src_a.info(key)
+        block = arch.block_of(key) if ia.dtype.is_floating_point else None
+        out = _out_dtype(recipe, ia.dtype, key, arch.block_of(key))
+        kp = KeyPlan(key, "keep_a", tuple(ia.shape), out, block=block)
+        items.append(kp)
+        if block is None or key not in src_b:
+            continue
+        if method.needs_c and key not in src_c:
+            continue
+        if method.skips_vae and arch.is_vae(key):
+            continue
+        shapes = {"a": ia.shape, "b": src_b.info(key).shape}
+        if method.needs_c:
+            shapes["c"] = src_c.info(key).shape
+        ratios = resolver.ratios(key, block)
+        if ratios is None:
+            continue
+        others = (src_b, src_c) if method.needs_c else (src_b,)
+        if not all(s.info(key).dtype.is_floating_point for s in others):
+            continue
+        kp.channels = _shape_rule(key, shapes, recipe.calc)
+        kp.action, (kp.alpha, kp.beta) = "merge", ratios
+        kp.adjust = key in adjust_keys
+        method.validate(kp.alpha, kp.beta, recipe.gamma)
+
+    in_a = {kp.key for kp in items}
+    if not arch.name.startswith("flux"):
+        for key in src_b.keys():
+            if key in in_a or key.endswith("position_ids") or "model" not in key:
+                continue
+            ib = src_b.info(key)
+            items.append(KeyPlan(key, "copy_b", tuple(ib.shape), _out_dtype(recipe, ib.dtype, key,
+                                                                              arch.block_of(key))))
+    if recipe.prune:
+        items = [kp for kp in items if arch.prune_keep(kp.key)]
+    by_key = {kp.key: kp for kp in items}
+    for out_key, (vsrc, vkey) in vae.items():
+        kp = by_key.get(out_key)
+        if kp is None:
+            continue
+        vinfo = vsrc.info(vkey)
+        if tuple(vinfo.shape) != kp.shape:
+            raise AlloyError(f"The VAE {recipe.bake_vae} does not fit this model: {vkey} has shape "
+                             f"{tuple(vinfo.shape)}, the model {kp.shape}.")
+        kp.action, kp.src_key, kp.adjust, kp.channels = "vae", vkey, False, None
+    if recipe.fix_clip_ids:
+        for key in arch.position_ids_keys:
+            if key in by_key:
+                by_key[key].action = "clip_ids"
+    notes = []
+    if recipe.bake_vae and not any(kp.action == "vae" for kp in items):
+        raise AlloyError(f"No key of the VAE {recipe.bake_vae} matches this {arch.label} model's VAE.")
+    return Plan(recipe, arch, method, items, compute, adjust=adjust, vae=vae, notes=notes)

@@ -1,0 +1,139 @@
+"""The tab's controls as plain data: field names, defaults, and the Recipe <-> fields mapping.
+
+Gradio-free, so the mapping is tested without a browser. A *fields* dict maps a field name to the
+value its control holds (model display names, the mode's label, numbers, texts).
+"""
+from __future__ import annotations
+
+import os
+
+from ..errors import AlloyError
+from ..recipe import MODE_LABELS, MODES, Recipe, normalize_mode
+
+ADJUST_NAMES = ("IN", "OUT", "OUT2", "CONT", "BRI", "COL1", "COL2", "COL3")
+ADJUST_FIELDS = tuple(f"adjust_{i}" for i in range(len(ADJUST_NAMES)))
+MODE_CHOICES = tuple(MODE_LABELS[m] for m in MODES)
+OUT_DTYPES = ("fp16", "bf16", "fp32", "keep")
+COMPUTE_DTYPES = ("fp32", "fp64")
+
+#: every field that a Recipe fills, with the value a fresh tab shows
+RECIPE_DEFAULTS = {
+    "model_a": None, "model_b": None, "model_c": None,
+    "mode": MODE_LABELS["weight_sum"], "calc": "normal",
+    "alpha": 0.5, "beta": 0.25, "gamma": 0.3,
+    "alpha_blocks": "", "beta_blocks": "",
+    "elemental": "", "include": "", "exclude": "",
+    **{name: 0.0 for name in ADJUST_FIELDS},
+    "dtype": "fp16", "compute_dtype": "fp32", "prune": False, "bake_vae": "",
+    "fix_clip_ids": False, "seed": 0,
+}
+RECIPE_FIELDS = tuple(RECIPE_DEFAULTS)
+
+
+def mode_label(mode: str) -> str:
+    """The label the mode radio shows for a mode id or any accepted spelling."""
+    return MODE_LABELS[normalize_mode(mode)]
+
+
+def adjust_text(values) -> str:
+    """Eight Adjust numbers -> "IN,OUT,OUT2,CONT,BRI,COL1,COL2,COL3"; all zero -> "" (Adjust off)."""
+    nums = [float(v or 0.0) for v in values]
+    if len(nums) != len(ADJUST_NAMES):
+        raise AlloyError(f"Adjust needs {len(ADJUST_NAMES)} numbers, got {len(nums)}.")
+    if all(v == 0.0 for v in nums):
+        return ""
+    return ",".join(_num(v) for v in nums)
+
+
+def adjust_values(text: str) -> list[float]:
+    """Inverse of `adjust_text`: "" -> eight zeros; fewer numbers are padded with zeros."""
+    text = (text or "").strip()
+    if not text:
+        return [0.0] * len(ADJUST_NAMES)
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) > len(ADJUST_NAMES):
+        raise AlloyError(f"Adjust takes at most {len(ADJUST_NAMES)} numbers, got {len(parts)}: '{text}'.")
+    try:
+        nums = [float(p) if p else 0.0 for p in parts]
+    except ValueError:
+        raise AlloyError(f"Adjust must be comma-separated numbers, not '{text}'.") from None
+    return nums + [0.0] * (len(ADJUST_NAMES) - len(nums))
+
+
+def _num(v: float) -> str:
+    """Shortest plain text for a number: 0.5 -> "0.5", 1.0 -> "1"."""
+    v = round(float(v), 6)
+    return str(int(v)) if v == int(v) else repr(v)
+
+
+def _text(v) -> str:
+    return "" if v is None else str(v)
+
+
+def recipe_from_fields(f: dict) -> Recipe:
+    """Build the Recipe the controls describe (models stay as the names the dropdowns show).
+
+    Raises AlloyError with a sentence when a value is unusable."""
+    if not f.get("model_a"):
+        raise AlloyError("Choose model A first.")
+    try:
+        seed = int(float(f.get("seed") or 0))
+    except (TypeError, ValueError):
+        raise AlloyError(f"seed must be an integer, not '{f.get('seed')}'.") from None
+    recipe = Recipe(
+        model_a=f["model_a"], model_b=f.get("model_b") or None, model_c=f.get("model_c") or None,
+        mode=f.get("mode") or "weight_sum", calc=f.get("calc") or "normal",
+        alpha=f.get("alpha", 0.5), beta=f.get("beta", 0.25), gamma=f.get("gamma", 0.3),
+        alpha_blocks=_text(f.get("alpha_blocks")).strip() or None,
+        beta_blocks=_text(f.get("beta_blocks")).strip() or None,
+        elemental=_text(f.get("elemental")), include=_text(f.get("include")),
+        exclude=_text(f.get("exclude")),
+        adjust=adjust_text([f.get(name, 0.0) for name in ADJUST_FIELDS]),
+        dtype=f.get("dtype") or "fp16", compute_dtype=f.get("compute_dtype") or "fp32",
+        prune=bool(f.get("prune")), bake_vae=_text(f.get("bake_vae")).strip() or None,
+        fix_clip_ids=bool(f.get("fix_clip_ids")), seed=seed,
+    )
+    recipe.validate()
+    return recipe
+
+
+def fields_from_recipe(recipe: Recipe, model_names=()) -> dict:
+    """The control values showing `recipe`; model paths are mapped to the host's names if listed."""
+    adj = adjust_values(recipe.adjust)
+    return {
+        "model_a": match_model_name(recipe.model_a, model_names),
+        "model_b": match_model_name(recipe.model_b, model_names),
+        "model_c": match_model_name(recipe.model_c, model_names),
+        "mode": mode_label(recipe.mode), "calc": recipe.calc,
+        "alpha": float(recipe.alpha), "beta": float(recipe.beta), "gamma": float(recipe.gamma),
+        "alpha_blocks": recipe.alpha_blocks or "", "beta_blocks": recipe.beta_blocks or "",
+        "elemental": recipe.elemental, "include": recipe.include, "exclude": recipe.exclude,
+        **dict(zip(ADJUST_FIELDS, adj)),
+        "dtype": recipe.dtype, "compute_dtype": recipe.compute_dtype, "prune": bool(recipe.prune),
+        "bake_vae": recipe.bake_vae or "", "fix_clip_ids": bool(recipe.fix_clip_ids),
+        "seed": int(recipe.seed),
+    }
+
+
+def _stem(name: str) -> str:
+    """"dir/model.safetensors [abcd1234]" -> "model" (the WebUI title's hash suffix is dropped)."""
+    base = os.path.basename(str(name).split(" [")[0].replace("\\", "/"))
+    root, ext = os.path.splitext(base)
+    return root if ext.lower() in (".safetensors", ".ckpt", ".pt", ".bin") else base
+
+
+def match_model_name(value: str | None, model_names) -> str | None:
+    """Map a recipe's model (path, title or file name) to an entry of `model_names`.
+
+    Exact match first, then the same file stem; unmatched values are returned unchanged so the
+    dropdown shows what the recipe asked for (the merge then reports it as unknown)."""
+    if not value:
+        return None
+    names = list(model_names)
+    if value in names:
+        return value
+    stem = _stem(value)
+    for name in names:
+        if _stem(name) == stem:
+            return name
+    return value

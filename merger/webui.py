@@ -1,0 +1,237 @@
+"""The one adapter to AUTOMATIC1111's WebUI (v1.10.1): the only module of merger/ that imports
+`modules.*`, and only inside functions. `register()` is called by scripts/alloy.py."""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+
+from .errors import AlloyError
+from .session import Host, Session, same_file
+from .settings import OPTIONS, Settings, from_getter, option_key
+
+EXT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+XYZ_MODULE = "xyz_grid.py"
+INFOTEXT_NAME, INFOTEXT_HASH, INFOTEXT_RECIPE = "Alloy merge", "Alloy hash", "Alloy recipe"
+_STATE_FIELDS = ("job", "textinfo", "sampling_step", "sampling_steps")
+
+
+class WebUIHost(Host):
+    """The WebUI's checkpoints, loaded model, shared.state progress and checkpoint info."""
+
+    def __init__(self):
+        self._real_info = None     # (model, CheckpointInfo, sd_model_hash) while a merge is live
+        self._saved_state = None
+
+    def list_models(self) -> list[str]:
+        from modules import sd_models
+        return list(sd_models.checkpoint_tiles())
+
+    def refresh_models(self) -> None:
+        from modules import sd_models
+        sd_models.list_models()
+
+    def resolve_model(self, name: str) -> str:
+        from modules import sd_models
+        if name and os.path.isfile(name):
+            return os.path.abspath(name)
+        info = sd_models.get_closet_checkpoint_match(name) if name else None
+        if info is None:
+            raise AlloyError(f"Checkpoint '{name}' is not in the WebUI's list; refresh the list or give its path.")
+        return info.filename
+
+    def models_dir(self) -> str:
+        from modules import sd_models, shared
+        return (getattr(shared.cmd_opts, "ckpt_dir", None) or getattr(sd_models, "model_path", None)
+                or shared.models_path)
+
+    def live_model(self):
+        from modules import shared
+        return shared.sd_model
+
+    def loaded_model_path(self) -> str | None:
+        return getattr(self.live_model(), "sd_model_checkpoint", None)
+
+    def load_model(self, path: str) -> None:
+        """Load checkpoint `path` through the WebUI (reload_model_weights)."""
+        from modules import sd_models
+        info = next((i for i in sd_models.checkpoints_list.values() if same_file(i.filename, path)), None)
+        if info is None:
+            info = sd_models.CheckpointInfo(path)
+            info.register()
+        sd_models.reload_model_weights(info=info)
+        if not same_file(self.loaded_model_path(), path):
+            raise AlloyError(f"The WebUI could not load {path} as the merge base (model A).")
+
+    def should_stop(self) -> bool:
+        from modules import shared
+        return bool(shared.state.interrupted)
+
+    def job_begin(self, title: str) -> None:
+        from modules import shared
+        st = shared.state
+        self._saved_state = {f: getattr(st, f, None) for f in _STATE_FIELDS}
+        st.job, st.textinfo = title, title
+
+    def job_progress(self, done: int, total: int, key: str) -> None:
+        from modules import shared
+        st = shared.state
+        st.sampling_steps, st.sampling_step, st.textinfo = total, done, f"Alloy: {key}"
+
+    def job_end(self) -> None:
+        from modules import shared
+        for f, v in (self._saved_state or {}).items():
+            setattr(shared.state, f, v)
+        self._saved_state = None
+
+    def on_live_changed(self, recipe) -> None:
+        """Show the merge as the model's checkpoint info (name, recipe hash); put the real one back
+        when `recipe` is None. The filename stays A's so the WebUI does not reload A."""
+        model = self.live_model()
+        if model is None:
+            return
+        if self._real_info is not None and self._real_info[0] is not model:
+            self._real_info = None
+        if recipe is None:
+            if self._real_info is not None:
+                _, info, model_hash = self._real_info
+                model.sd_checkpoint_info, model.sd_model_hash = info, model_hash
+                self._real_info = None
+            return
+        if self._real_info is None:
+            self._real_info = (model, model.sd_checkpoint_info, getattr(model, "sd_model_hash", None))
+        model.sd_checkpoint_info = merged_checkpoint_info(self._real_info[1], recipe)
+        model.sd_model_hash = model.sd_checkpoint_info.shorthash
+
+    def forget(self) -> None:
+        self._real_info = None
+
+
+def merged_checkpoint_info(real, recipe):
+    """A copy of `real` named after the merge, with sha256 = sha256 of the recipe identity."""
+    info = copy.copy(real)
+    name = recipe.display_name()
+    name = name if len(name) <= 120 else name[:117] + "..."
+    blob = json.dumps(recipe.identity(), sort_keys=True, separators=(",", ":"))
+    info.sha256 = hashlib.sha256(blob.encode()).hexdigest()
+    info.shorthash = recipe.short_hash()
+    info.name = info.name_for_extra = info.model_name = name
+    info.title = f"{name} [{info.shorthash}]"
+    info.short_title = info.title
+    info.ids = [info.title]
+    info.alloy_recipe = recipe
+    return info
+
+
+def read_settings() -> Settings:
+    from modules import shared
+    return from_getter(lambda key, default: getattr(shared.opts, key, default))
+
+
+def add_settings() -> None:
+    """Settings → Alloy."""
+    import gradio as gr
+    from modules import shared
+    components = {"slider": gr.Slider, "radio": gr.Radio, "checkbox": gr.Checkbox, "number": gr.Number}
+    defaults = Settings()
+    for spec in OPTIONS:
+        shared.opts.add_option(option_key(spec.field), shared.OptionInfo(
+            getattr(defaults, spec.field), spec.label, components[spec.component], dict(spec.args),
+            section=("alloy", "Alloy")))
+
+
+def infotext_fields(recipe) -> dict:
+    return {INFOTEXT_NAME: recipe.display_name(), INFOTEXT_HASH: recipe.short_hash(),
+            INFOTEXT_RECIPE: json.dumps(recipe.to_dict(), separators=(",", ":"))}
+
+
+def make_script_class(session: Session):
+    """The always-visible script: merges an X/Y/Z cell's recipe before processing, and writes the
+    live recipe into the images' infotext."""
+    from modules import scripts
+    from . import xyz
+
+    class AlloyScript(scripts.Script):
+        def title(self):
+            return "Alloy"
+
+        def show(self, is_img2img):
+            return scripts.AlwaysVisible
+
+        def before_process(self, p, *args):
+            if xyz.pending(p):
+                xyz.run_cell(session, p)
+
+        def process(self, p, *args):
+            live = session.live
+            if live is not None and live.recipe is not None:
+                p.extra_generation_params.update(infotext_fields(live.recipe))
+
+    return AlloyScript
+
+
+def find_xyz_module():
+    from modules import scripts
+    for d in scripts.scripts_data:
+        if d.script_class.__module__ == XYZ_MODULE:
+            return d.module
+    return None
+
+
+def register_axes(session: Session) -> bool:
+    """Add the Alloy axes to the X/Y/Z plot (at on_before_ui) and wrap its run() so that the
+    original is restored after a grid when the setting asks for it."""
+    from . import xyz
+    module = find_xyz_module()
+    if module is None:
+        return False
+    module.axis_options[:] = [o for o in module.axis_options if not str(o.label).startswith("[Alloy]")]
+    module.axis_options.extend(xyz.make_axes(module.AxisOption, session))
+    script_cls = next(v for v in vars(module).values()
+                      if isinstance(v, type) and v.__module__ == XYZ_MODULE and hasattr(v, "run") and hasattr(v, "title"))
+    run = getattr(script_cls.run, "__alloy_original__", script_cls.run)
+
+    def run_then_restore(self, p, *args, **kwargs):
+        before = session.live.recipe if session.live is not None else None
+        session.xyz_touched = False
+        try:
+            return run(self, p, *args, **kwargs)
+        finally:
+            xyz.finish_grid(session, before)
+
+    run_then_restore.__alloy_original__ = run
+    script_cls.run = run_then_restore
+    return True
+
+
+def build_tabs(session: Session):
+    try:
+        from .ui import build_tab
+    except ImportError:
+        return []
+    return [(build_tab(session, live=True), "Alloy", "alloy")]
+
+
+def register(data_dir: str | None = None):
+    """Create the session and register every callback; returns the always-visible Script class."""
+    from modules import script_callbacks
+    from .api import create_router
+    host = WebUIHost()
+    session = Session(host, data_dir or os.path.join(EXT_ROOT, "data"), read_settings(),
+                      settings_source=read_settings)
+
+    def on_model_loaded(sd_model):
+        if session.busy:
+            return      # our own load of model A inside merge_live
+        session.model_changed()
+        host.forget()
+
+    script_callbacks.on_ui_settings(add_settings)
+    script_callbacks.on_before_ui(lambda: register_axes(session))
+    script_callbacks.on_app_started(lambda demo, app: app.include_router(create_router(session)))
+    script_callbacks.on_model_loaded(on_model_loaded)
+    script_callbacks.on_ui_tabs(lambda: build_tabs(session))
+    cls = make_script_class(session)
+    cls.alloy_session = session
+    return cls

@@ -1,0 +1,136 @@
+"""X/Y/Z plot axes (WebUI-free logic; merger/webui.py registers them with the xyz_grid script).
+
+An axis's `apply(p, x, xs)` only records `x` in a per-cell dict on the processing object
+(`p.alloy_xyz`, copied on write because the grid makes shallow copies of `p`). The merge happens
+once per cell in the always-visible script's `before_process`, after every axis of the cell was
+applied, and only when the cell's recipe differs from the loaded one (Session.merge_live skips an
+identical recipe), so seed/prompt axes never trigger merges. The axes have a high `cost`, so the
+grid loops over them outermost: 5 alpha values × 3 seeds → 5 merges in any axis slot."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import AlloyError
+from .recipe import CALCS, MODE_LABELS, Recipe
+
+PENDING_ATTR = "alloy_xyz"
+NONE_WORDS = ("", "none", "null", "-")
+
+
+@dataclass(frozen=True)
+class AxisSpec:
+    label: str
+    field: str            # Recipe field, or "recipe" (a recipe file loaded first)
+    type: type
+    cost: float
+    choices: str | None = None   # "models" | "calcs" | "modes" (dropdown), None = free text
+
+
+AXES: tuple[AxisSpec, ...] = (
+    AxisSpec("[Alloy] Alpha", "alpha", float, 0.8),
+    AxisSpec("[Alloy] Beta", "beta", float, 0.8),
+    AxisSpec("[Alloy] Block weights alpha", "alpha_blocks", str, 0.8),
+    AxisSpec("[Alloy] Block weights beta", "beta_blocks", str, 0.8),
+    AxisSpec("[Alloy] Model B", "model_b", str, 0.85, "models"),
+    AxisSpec("[Alloy] Model C", "model_c", str, 0.85, "models"),
+    AxisSpec("[Alloy] Calc mode", "calc", str, 0.8, "calcs"),
+    AxisSpec("[Alloy] Merge mode", "mode", str, 0.8, "modes"),
+    AxisSpec("[Alloy] Elemental", "elemental", str, 0.8),
+    AxisSpec("[Alloy] Recipe file", "recipe", str, 0.9),
+)
+
+
+def set_pending(p, field: str, value) -> None:
+    """Record one axis value for this cell (copy-on-write: the grid shares dicts between copies)."""
+    d = dict(getattr(p, PENDING_ATTR, None) or {})
+    d[field] = value
+    setattr(p, PENDING_ATTR, d)
+
+
+def pending(p) -> dict:
+    return dict(getattr(p, PENDING_ATTR, None) or {})
+
+
+def _field_value(field: str, value):
+    """Axis text → Recipe field value ("None" clears optional fields)."""
+    if field in ("alpha", "beta"):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise AlloyError(f"X/Y/Z {field} value '{value}' is not a number.") from None
+    if field in ("model_c", "alpha_blocks", "beta_blocks") and str(value).strip().lower() in NONE_WORDS:
+        return None
+    return str(value).strip()
+
+
+def cell_recipe(base: Recipe, overrides: dict, load=Recipe.load) -> Recipe:
+    """The recipe of one cell: a recipe file first (when given), then every other axis value."""
+    recipe = load(str(overrides["recipe"])) if overrides.get("recipe") else base
+    changes = {f: _field_value(f, v) for f, v in overrides.items() if f != "recipe"}
+    recipe = recipe.replace(**changes) if changes else recipe
+    recipe.validate()
+    return recipe
+
+
+def choices_for(kind: str | None, session):
+    if kind == "models":
+        return lambda: session.host.list_models()
+    if kind == "calcs":
+        return lambda: list(CALCS)
+    if kind == "modes":
+        return lambda: list(MODE_LABELS.values())
+    return None
+
+
+def make_axes(axis_option_cls, session) -> list:
+    """AxisOption objects for every AXES entry (`axis_option_cls` is xyz_grid.AxisOption)."""
+    out = []
+    for spec in AXES:
+        def apply(p, x, xs, _field=spec.field):
+            set_pending(p, _field, x)
+
+        def confirm(p, xs, _spec=spec):
+            for x in xs:
+                _confirm_value(_spec, x, session)
+
+        out.append(axis_option_cls(spec.label, spec.type, apply, confirm=confirm, cost=spec.cost,
+                                   choices=choices_for(spec.choices, session)))
+    return out
+
+
+def _confirm_value(spec: AxisSpec, x, session) -> None:
+    """Refuse a bad value before the grid starts (raises AlloyError)."""
+    if spec.field in ("model_b", "model_c"):
+        if str(x).strip().lower() not in NONE_WORDS:
+            session.host.resolve_model(str(x))
+    elif spec.field == "recipe":
+        Recipe.load(str(x))
+    elif spec.field in ("mode", "calc"):
+        Recipe(model_a="a", **{spec.field: str(x)})
+    else:
+        _field_value(spec.field, x)
+
+
+def run_cell(session, p):
+    """Merge the cell's recipe into the live model unless it is already loaded; None when the
+    cell has no Alloy axis."""
+    overrides = pending(p)
+    if not overrides:
+        return None
+    recipe = cell_recipe(session.xyz_base(), overrides)
+    report = session.merge_live(recipe)
+    session.xyz_touched = True
+    return report
+
+
+def finish_grid(session, before) -> str | None:
+    """After a grid: with the setting on, put back what was loaded before it (`before`: the live
+    recipe before the grid, or None = the original model)."""
+    touched = getattr(session, "xyz_touched", False)
+    session.xyz_touched = False
+    if not touched or not session.settings.restore_after_xyz:
+        return None
+    if before is not None:
+        session.merge_live(before)
+        return f"Alloy: merged {before.display_name()} back after the grid."
+    return session.restore()

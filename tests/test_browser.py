@@ -1,0 +1,94 @@
+"""The standalone UI in headless Chromium: choose two models, merge to a file, see status and file."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ui_fixtures import write_tiny_sd1
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]
+REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
+                                reason=f"{CHROMIUM} is absent (apt-get install chromium); no browser is downloaded")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_port(port: int, proc, timeout: float = 40.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise AssertionError(f"the UI exited early: {proc.stdout.read()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError("the UI did not start listening in time")
+
+
+@pytest.fixture
+def app(tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    write_tiny_sd1(models / "a.safetensors", 1)
+    write_tiny_sd1(models / "b.safetensors", 2)
+    port = _free_port()
+    code = "import sys; from merger.ui.standalone import main; sys.exit(main(sys.argv[1:]))"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-c", code, "--models-dir", str(models), "--data-dir",
+                             str(tmp_path / "data"), "--port", str(port), "--no-browser"],
+                            cwd=str(REPO), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_port(port, proc)
+        yield f"http://127.0.0.1:{port}/", models
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _choose(page, elem_id: str, option: str) -> None:
+    page.click(f"#{elem_id} input")
+    page.locator("ul.options li", has_text=option).first.click()
+
+
+def test_merge_to_file_in_browser(app):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    url, models = app
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1300, "height": 900})
+            page.goto(url)
+            page.wait_for_selector("#alloy_status", timeout=20000)
+            assert not page.is_visible("#alloy_merge")           # standalone: files only
+            _choose(page, "alloy_model_a", "a.safetensors")
+            _choose(page, "alloy_model_b", "b.safetensors")
+            page.fill("#alloy_out_name textarea", "browser_merge")
+            page.click("#alloy_merge_file")
+            page.wait_for_function(
+                "() => /keys merged/.test(document.querySelector('#alloy_status textarea').value)",
+                timeout=30000)
+            status = page.input_value("#alloy_status textarea")
+            recipe = page.input_value("#alloy_recipe_json textarea")
+        finally:
+            browser.close()
+    assert "browser_merge.safetensors" in status
+    assert (models / "browser_merge.safetensors").is_file()
+    assert '"model_b"' in recipe and "b.safetensors" in recipe

@@ -1,0 +1,31 @@
+"""Tiny SD1 checkpoints for the UI tests: the real SD1.5 key names, every dimension cut to ≤ 4."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+DTYPES = {"F32": torch.float32, "F16": torch.float16, "I64": torch.int64, "I32": torch.int32}
+
+
+def sd1_layout() -> list[tuple[str, list[int], str]]:
+    """(key, shape, dtype) of the keys a real SD1.5 single file holds."""
+    data = json.loads((SHARED / "layouts" / "sd1.json").read_text())
+    return [(t[0], t[1], t[2]) for t in data["tensors"] if t[5]]
+
+
+def write_tiny_sd1(path, seed: int, metadata: dict | None = None, dtype=torch.float16) -> Path:
+    """Write a tiny SD1 checkpoint: every dimension min(d, 4), seeded normal values."""
+    gen = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for key, shape, dt in sd1_layout():
+        small = [min(int(d), 4) for d in shape]
+        if DTYPES[dt] in (torch.int64, torch.int32):
+            tensors[key] = torch.arange(max(1, small[-1] if small else 1), dtype=DTYPES[dt]).reshape(small or [])
+        else:
+            tensors[key] = torch.randn(small, generator=gen).to(dtype)
+    save_file(tensors, str(path), metadata=metadata)
+    return Path(path)
