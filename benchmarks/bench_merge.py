@@ -31,7 +31,7 @@ REPO = HERE.parent
 SHARED = REPO.parent / "shared"
 SYNTH = SHARED / "tools" / "synth_ckpt.py"
 sys.path.insert(0, str(HERE))
-from verify import compare_files  # noqa: E402
+from bench_verify import compare_files  # noqa: E402
 
 GIB = 2**30
 CHUNK = 16 * 2**20
@@ -189,7 +189,8 @@ def machine_info(args) -> dict:
     import torch
     mem = Path("/proc/meminfo").read_text().split("\n")[0].split()[1]
     info = {"cpus": os.cpu_count(), "mem_gib": round(int(mem) / 2**20, 1), "python": platform.python_version(),
-            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M")}
+            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M"),
+            "load_avg_1m": round(os.getloadavg()[0], 1)}  # > cpus: other work shared the machine
     if "sd-mecha" in args.tools:
         info["sd_mecha"] = mecha_version(args.mecha_python)
     return info
@@ -261,7 +262,7 @@ def render(res: ArchResult) -> str:
         lines.append(f"- check: {res.verify}")
     mi = res.machine
     lines.append(f"- machine: {mi.get('cpus')} CPUs, {mi.get('mem_gib')} GiB, Python {mi.get('python')}, "
-                 f"torch {mi.get('torch')}, {mi.get('date')}")
+                 f"torch {mi.get('torch')}, load average {mi.get('load_avg_1m')} at start, {mi.get('date')}")
     return "\n".join(lines) + "\n"
 
 

@@ -56,6 +56,8 @@ class Plan:
 
     def __post_init__(self):
         self._by_key = {kp.key: kp for kp in self.items}
+        ident = self.recipe.identity()
+        self._models = tuple(ident[f"model_{s}"] for s in SLOTS)
 
     def __getitem__(self, key) -> KeyPlan:
         return self._by_key[key]
@@ -67,8 +69,7 @@ class Plan:
         """Hashable description of how `key` is computed: equal signatures ⇒ equal tensors."""
         kp = self._by_key[key]
         r = self.recipe
-        ident = r.identity()
-        models = tuple(ident[f"model_{s}"] for s in SLOTS)
+        models = self._models
         if kp.action == "merge":
             return ("merge", models, r.mode, r.calc, kp.alpha, kp.beta, r.gamma, kp.channels,
                     self.adjust if kp.adjust else None, r.compute_dtype, kp.out_dtype)
@@ -210,6 +211,9 @@ def build_plan(recipe: Recipe, sources: dict, *, presets: Presets | None = None)
             if key in by_key:
                 by_key[key].action = "clip_ids"
     notes = []
+    if not any(kp.action == "merge" for kp in items):
+        notes.append("no key was merged: the models share no mergeable keys under these settings, "
+                     "so the result is model A")
     if recipe.bake_vae and not any(kp.action == "vae" for kp in items):
         raise AlloyError(f"No key of the VAE {recipe.bake_vae} matches this {arch.label} model's VAE.")
     return Plan(recipe, arch, method, items, compute, adjust=adjust, vae=vae, notes=notes)

@@ -200,8 +200,9 @@ class Session:
                 state.signatures.clear()
             plan = build_plan(recipe, sources)
             owners = owner_map(model)
-            todo = {kp.key for kp in plan.items if kp.action != "keep_a" and kp.key in owners
-                    and state.signatures.get(kp.key) != plan.signature(kp.key)}
+            sigs = {kp.key: plan.signature(kp.key) for kp in plan.items
+                    if kp.action != "keep_a" and kp.key in owners}
+            todo = {k for k, sig in sigs.items() if state.signatures.get(k) != sig}
             back = [k for k in state.originals if k not in plan or plan[k].action == "keep_a"]
             sink = LiveSink(model, state, sources["a"])
             hits0 = self.cache.stats().hits
@@ -223,7 +224,7 @@ class Session:
             finally:
                 self.host.job_end()
             for key in sink.written:
-                state.signatures[key] = plan.signature(key)
+                state.signatures[key] = sigs[key]
             state.recipe, state.identity, state.plan = recipe, identity, plan
             state.fids = fids
             self.live = state

@@ -49,4 +49,4 @@ def _nbytes(kp) -> int:
     n = 1
     for d in kp.shape:
         n *= int(d)
-    return n * torch.empty((), dtype=kp.out_dtype).element_size()
+    return n * kp.out_dtype.itemsize

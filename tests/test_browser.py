@@ -1,11 +1,13 @@
 """The standalone UI in headless Chromium: choose two models, merge to a file, see status and file."""
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -92,3 +94,9 @@ def test_merge_to_file_in_browser(app):
     assert "browser_merge.safetensors" in status
     assert (models / "browser_merge.safetensors").is_file()
     assert '"model_b"' in recipe and "b.safetensors" in recipe
+    try:
+        import merger.api  # noqa: F401
+    except ImportError:
+        return
+    with urllib.request.urlopen(url + "alloy/v1/status", timeout=10) as r:   # REST API mounted beside the page
+        assert json.load(r)["busy"] is False

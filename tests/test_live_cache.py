@@ -1,7 +1,6 @@
 """Source cache (no disk reads on re-merges), conversions and Lora backup handling."""
 import os
 
-import pytest
 import torch
 
 from tests.webui_standin.harness import CountingOpener, diff_keys, make_world, snapshot
@@ -24,10 +23,10 @@ def test_second_merge_reads_no_disk(tmp_path):
     s = _session(w, opener=opener)
     s.merge_live(_recipe(w, alpha=0.3))
     first = opener.total()
-    assert first >= 2 * 1000
+    assert first >= 2 * 250
     rep = s.merge_live(_recipe(w, alpha=0.6))
     assert opener.total() == first            # every tensor came from RAM
-    assert rep.keys_from_cache > 1000
+    assert rep.keys_from_cache > 250
     s.restore()
     assert opener.total() == first            # restore reads A from the cache too
 
@@ -70,7 +69,6 @@ def test_reproducing_conversion_detects_fp8_double_rounding():
 
 
 def test_mha_lora_backups_are_reset_like_networks_py():
-    import sys
     from tests.webui_standin.harness import install
     install()
     import networks
@@ -92,7 +90,6 @@ def test_mha_lora_backups_are_reset_like_networks_py():
     networks.load_networks([])
     networks.apply_to_model(m)
     assert torch.equal(mha.in_proj_weight, merged) and torch.equal(mha.out_proj.weight, base_out)
-    del sys
 
 
 def test_prompt_lora_sits_on_merged_weights_and_removal_returns_to_merged(tmp_path):

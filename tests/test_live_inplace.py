@@ -25,7 +25,7 @@ def test_merge_writes_into_the_same_tensors_and_nothing_else(tmp_path):
     s = _session(w)
     rep = s.merge_live(_recipe(w, alpha=0.5))
     after = snapshot(w.model)
-    assert rep.keys_merged > 1000
+    assert rep.keys_merged > 250
     now = {k: (id(v), v.data_ptr()) for k, v in list(w.model.named_parameters()) + list(w.model.named_buffers())}
     assert now == ptrs                                 # same Parameter objects, same storage
     changed = diff_keys(before, after)

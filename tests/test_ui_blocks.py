@@ -119,3 +119,14 @@ def test_axis_value_is_quoted_and_appended(ctx):
     f2 = {"blocks_target": "beta", "arch": "sdxl", "beta_blocks": "", "axis_values": "",
           **{n: 0.25 for n in bl.SLIDER_NAMES}}
     assert be.on_axis_append(ctx, f2)["axis_values"] == '"' + ",".join(["0.25"] * 20) + '"'
+
+
+def test_progress_adapter_reports_fractions():
+    from merger.ui.wiring import GradioProgress
+    calls = []
+    progress = GradioProgress(lambda frac, desc=None: calls.append((frac, desc)))
+    progress(5, 10, "model.diffusion_model.out.0.weight")
+    progress(0.25)
+    progress(3, 0, "empty")
+    assert calls == [(0.5, "model.diffusion_model.out.0.weight"), (0.25, None), (1.0, "empty")]
+    GradioProgress(None)(1, 2, "x")                               # no progress bar: nothing happens

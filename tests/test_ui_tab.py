@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
@@ -110,7 +109,7 @@ def test_merge_to_file_then_load_back(ctx, session, tmp_path):
 
     # refuses to overwrite unless asked
     again = run_guarded(lambda x: mp.on_merge_to_file(ctx, x), f)
-    assert "out.safetensors" in again["status"] and "keys merged" not in again["status"]
+    assert "out.safetensors" in again["status"] and "tick 'Overwrite" in again["status"]
     again = run_guarded(lambda x: mp.on_merge_to_file(ctx, x), {**f, "overwrite": True})
     assert "keys merged" in again["status"]
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from merger.lora.keymap import build_index
+from merger.lora.keymap import build_index, kohya_target_kind
 
 
 def random_module(name: str, out_dim: int, in_dim: int, rank: int, alpha: float, *, kernel=None,
@@ -21,18 +21,20 @@ def random_module(name: str, out_dim: int, in_dim: int, rank: int, alpha: float,
 
 def lora_for_checkpoint(shapes: dict[str, tuple], arch: str, rank: int, alpha: float, *, seed: int = 0,
                         conv: bool = False, dtype=torch.float32, only=None) -> dict[str, torch.Tensor]:
-    """A LoRA touching every LoRA-able weight of a checkpoint ({key: shape}); 3×3 convs only with
-    `conv`; OpenCLIP in-projections get q/k/v modules. `only(name)` filters modules."""
+    """A kohya-style LoRA on every kohya target of a checkpoint ({key: shape}): attention/MLP layers,
+    plus ResNet/sampler layers with `conv`; OpenCLIP in-projections get q/k/v modules.
+    `only(name)` filters modules."""
     gen = torch.Generator().manual_seed(seed)
     out: dict[str, torch.Tensor] = {}
     for name, target in sorted(build_index(shapes, arch).items()):
         if only is not None and not only(name):
             continue
         shape = shapes[target.key]
+        kind = kohya_target_kind(target.key, arch)
+        if kind is None or (kind == "conv" and not conv):
+            continue
         out_dim = shape[0] // 3 if target.rows is not None else shape[0]
         kernel = tuple(shape[2:]) if len(shape) == 4 else None
-        if kernel is not None and kernel != (1, 1) and not conv:
-            continue
         in_flat = shape[1]
         r = min(rank, out_dim, in_flat)
         out.update(random_module(name, out_dim, in_flat, r, alpha, kernel=kernel, gen=gen, dtype=dtype))

@@ -23,7 +23,7 @@ def build(session, *, live: bool = True, css: str | None = None, title: str = "A
 
     ctx = TabContext(session=session, live=live)
     ui = Ui()
-    with gr.Blocks(analytics_enabled=False, css=css, title=title, elem_id="alloy_tab") as blocks:
+    with gr.Blocks(analytics_enabled=False, css=css, title=title) as blocks:
         if not live:
             gr.Markdown(f"## Alloy · models in `{session.host.models_dir()}`", elem_id="alloy_title")
         with gr.Row(elem_id="alloy_main", equal_height=False):

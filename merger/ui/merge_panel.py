@@ -1,6 +1,8 @@
 """Models, mode/calc, ratios, options, the merge/restore/save buttons and the status line."""
 from __future__ import annotations
 
+import os
+
 import gradio as gr
 
 from ..errors import AlloyError
@@ -52,6 +54,16 @@ def _out_name(f: dict) -> str:
     return name
 
 
+def _check_overwrite(ctx: TabContext, name: str, overwrite: bool) -> None:
+    """Refuse to replace a file unless the Overwrite box is ticked (the message names the box)."""
+    output_path = getattr(ctx.session, "output_path", None)
+    if output_path is None or overwrite:
+        return
+    path = output_path(name)
+    if os.path.exists(path):
+        raise AlloyError(f"{path} exists; tick 'Overwrite an existing file' to replace it.")
+
+
 def _after_merge(ctx: TabContext, report) -> dict:
     out = {"status": report.message()}
     recipe = getattr(report, "recipe", None)
@@ -71,6 +83,7 @@ def on_merge(ctx: TabContext, f: dict, progress=None) -> dict:
 def on_merge_to_file(ctx: TabContext, f: dict, progress=None) -> dict:
     """Merge to `out_name` (in the models folder unless a path); refuses to overwrite unless asked."""
     recipe = fl.recipe_from_fields(f)
+    _check_overwrite(ctx, _out_name(f), bool(f.get("overwrite")))
     report = ctx.session.merge_to_file(recipe, _out_name(f), overwrite=bool(f.get("overwrite")),
                                        progress=progress)
     out = _after_merge(ctx, report)
@@ -80,6 +93,7 @@ def on_merge_to_file(ctx: TabContext, f: dict, progress=None) -> dict:
 
 def on_save(ctx: TabContext, f: dict) -> dict:
     """Save the live merged model as a file."""
+    _check_overwrite(ctx, _out_name(f), bool(f.get("overwrite")))
     report = ctx.session.save_live(_out_name(f), dtype=f.get("dtype") or "fp16", prune=bool(f.get("prune")),
                                    bake_vae=(f.get("bake_vae") or "").strip() or None,
                                    overwrite=bool(f.get("overwrite")))

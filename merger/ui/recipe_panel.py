@@ -118,7 +118,7 @@ def build_recipe_panel(ui: Ui, ctx: TabContext) -> None:
                                                 elem_id="alloy_history_refresh"))
             ui.add("history_load", gr.Button("Load", size="sm", scale=1, elem_id="alloy_history_load"))
         ui.add("png_image", gr.Image(label="PNG made with a merge (drop it here)", type="pil",
-                                     source="upload", elem_id="alloy_png_image", height=160))
+                                     elem_id="alloy_png_image", height=160))
         with gr.Row():
             ui.add("meta_model", gr.Dropdown(ctx.model_names(), value=None, label="Checkpoint",
                                              elem_id="alloy_meta_model", scale=4))

@@ -64,7 +64,10 @@ def create_app(session):
     if create_router is not None:
         app.include_router(create_router(session))
     demo = build_tab(session, live=False, css=style_css())
-    demo.queue(concurrency_count=4)
+    try:
+        demo.queue(concurrency_count=4)      # gradio 3.x: Stop must not wait behind a merge
+    except TypeError:                        # gradio 4 has no concurrency_count
+        demo.queue()
     return gr.mount_gradio_app(app, demo, path="/")
 
 

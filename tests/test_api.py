@@ -1,0 +1,61 @@
+"""REST API routes with FastAPI's TestClient against the stand-in WebUI."""
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from tests.webui_standin.harness import diff_keys, make_world, snapshot
+
+
+def _client(tmp_path):
+    from merger.api import create_router
+    from merger.session import Session
+    from merger.webui import WebUIHost
+    w = make_world(tmp_path)
+    s = Session(WebUIHost(), str(tmp_path / "data"))
+    app = FastAPI()
+    app.include_router(create_router(s))
+    return w, s, TestClient(app)
+
+
+def test_merge_status_save_restore(tmp_path):
+    w, s, c = _client(tmp_path)
+    orig = snapshot(w.model)
+    r = c.post("/alloy/v1/merge", json={"recipe": {"model_a": "A.safetensors", "model_b": "B.safetensors", "alpha": 0.4}})
+    assert r.status_code == 200, r.text
+    assert r.json()["keys_merged"] > 250
+    st = c.get("/alloy/v1/status").json()
+    assert st["merged"] and st["hash"] == r.json()["hash"]
+    r = c.post("/alloy/v1/save", json={"name": "saved", "dtype": "fp16"})
+    assert r.status_code == 200, r.text
+    assert (w.models / "saved.safetensors").exists()
+    r = c.post("/alloy/v1/save", json={"name": "saved"})
+    assert r.status_code == 400 and "exists" in r.json()["detail"]
+    r = c.post("/alloy/v1/merge", json={"recipe": {"model_a": "A.safetensors", "model_b": "C.safetensors"},
+                                        "target": "file", "name": "f1", "dtype": "fp32"})
+    assert r.status_code == 200 and r.json()["path"].endswith("f1.safetensors")
+    assert c.post("/alloy/v1/restore").status_code == 200
+    assert not diff_keys(orig, snapshot(w.model))
+    assert "presets" in c.get("/alloy/v1/presets").json()
+
+
+def test_bad_input_is_4xx_and_changes_nothing(tmp_path):
+    w, s, c = _client(tmp_path)
+    good = {"model_a": "A.safetensors", "model_b": "B.safetensors", "alpha": 0.4}
+    assert c.post("/alloy/v1/merge", json={"recipe": good}).status_code == 200
+    before = snapshot(w.model)
+    bad = [
+        {"recipe": dict(good, alpha="x")},
+        {"recipe": dict(good, mode="nonsense")},
+        {"recipe": dict(good, model_b="missing.safetensors")},
+        {"recipe": dict(good, bogus=1)},
+        {"recipe": dict(good, alpha_blocks="1,2,3")},
+        {"recipe": good, "target": "moon"},
+        {"recipe": good, "target": "file"},
+        {"recipe": dict(good, mode="add_difference")},
+    ]
+    for body in bad:
+        r = c.post("/alloy/v1/merge", json=body)
+        assert 400 <= r.status_code < 500, (body, r.text)
+        assert isinstance(r.json()["detail"], str) and r.json()["detail"]
+    assert c.post("/alloy/v1/merge", json={"nope": 1}).status_code == 422
+    assert not diff_keys(before, snapshot(w.model))
+    assert s.live.recipe.alpha == 0.4

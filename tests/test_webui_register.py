@@ -1,0 +1,73 @@
+"""scripts/alloy.py against the stand-in: callbacks, settings, infotext, checkpoint info, model change."""
+import importlib.util
+from pathlib import Path
+
+from tests.webui_standin.harness import make_world
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("alloy.py", ROOT / "scripts" / "alloy.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_script_registers_every_callback_and_settings(tmp_path):
+    w = make_world(tmp_path)
+    module = _load_script()
+    cls = module.AlloyScript
+    assert cls().show(False) is w.scripts.AlwaysVisible
+    cm = w.callbacks.callback_map
+    for cat in ("ui_tabs", "before_ui", "app_started", "ui_settings", "model_loaded"):
+        assert len(cm["callbacks_" + cat]) == 1, cat
+    w.callbacks.ui_settings_callback()
+    from merger.settings import OPTIONS, option_key
+    for spec in OPTIONS:
+        assert w.shared.opts.data_labels[option_key(spec.field)].section == ("alloy", "Alloy")
+    w.callbacks.before_ui_callback()
+    assert any(o.label == "[Alloy] Alpha" for o in w.xyz.axis_options)
+    w.callbacks.before_ui_callback()                  # "Reload UI": no duplicate axes
+    assert sum(o.label == "[Alloy] Alpha" for o in w.xyz.axis_options) == 1
+    from fastapi import FastAPI
+    app = FastAPI()
+    w.callbacks.app_started_callback(None, app)
+    assert any(getattr(r, "path", "") == "/alloy/v1/status" for r in app.routes)
+    w.shared.opts.data["alloy_cache_gb"] = 0.5
+    cls.alloy_session.restore()
+    assert cls.alloy_session.cache.stats().budget == 1 << 29
+
+
+def test_infotext_checkpoint_info_and_model_change(tmp_path):
+    from modules import processing, scripts
+    from merger.recipe import Recipe
+    w = make_world(tmp_path)
+    cls = _load_script().AlloyScript
+    w.scripts.scripts_data.append(w.scripts.ScriptClassData(cls, "alloy.py", str(ROOT), None))
+    session = cls.alloy_session
+    real = w.model.sd_checkpoint_info
+    r = Recipe(model_a="A.safetensors", model_b="B.safetensors", alpha=0.25)
+    session.merge_live(r)
+    info = w.model.sd_checkpoint_info
+    assert info is not real and info.filename == real.filename
+    assert info.shorthash == session.live.recipe.short_hash() == w.model.sd_model_hash
+    p = processing.StableDiffusionProcessing(scripts_runner=scripts.ScriptRunner())
+    out = processing.process_images(p)
+    text = out.infotexts[0]
+    assert f"Model hash: {info.shorthash}" in text and "Alloy recipe" in text
+    assert p.extra_generation_params["Alloy merge"] == session.live.recipe.display_name()
+    assert session.live is not None                      # generating did not reload A
+    session.restore()
+    assert w.model.sd_checkpoint_info is real and w.model.sd_model_hash == real.shorthash
+    session.merge_live(r)
+    w.sd_models.reload_model_weights(info=next(i for i in w.sd_models.checkpoints_list.values()
+                                               if i.filename == w.paths["b"]))
+    assert session.live is None                           # another checkpoint ends the merge
+    assert session.status()["merged"] is False
+
+
+def test_install_and_metadata_files():
+    text = (ROOT / "install.py").read_text()
+    assert "launch.is_installed" in text and "torch" not in text.split('"""')[2]
+    assert "[Extension]" in (ROOT / "metadata.ini").read_text()
