@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ui_fixtures import write_tiny_sd1
+from tests.ui_fixtures import write_tiny_sd1
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -10,7 +10,7 @@ import pytest
 gr = pytest.importorskip("gradio")
 from PIL import Image, PngImagePlugin  # noqa: E402
 
-from ui_fixtures import write_tiny_sd1  # noqa: E402
+from tests.ui_fixtures import write_tiny_sd1  # noqa: E402
 
 from merger.errors import AlloyError  # noqa: E402
 from merger.history import History  # noqa: E402

@@ -7,7 +7,7 @@ import pytest
 
 gr = pytest.importorskip("gradio")
 
-from ui_fixtures import write_tiny_sd1  # noqa: E402
+from tests.ui_fixtures import write_tiny_sd1  # noqa: E402
 
 from merger.recipe import Recipe  # noqa: E402
 from merger.ui import build  # noqa: E402

@@ -143,7 +143,6 @@ def merge_svd(modules, rank, conv_rank, clamp_q, dev, tensors, res, norms, errs,
         up_t, down_t, has_mid = module_shape(name, parts)
         kernel = tuple(down_t[1:]) if len(down_t) == 3 else None
         is3 = kernel is not None and kernel != (1, 1)
-        n_in = int(torch.tensor(down_t).prod())
         cap = conv_rank if is3 else rank
         if has_mid:
             delta = sum(c * module_delta(m, dtype=torch.float32, device=dev) for c, m in parts)
