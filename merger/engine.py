@@ -103,13 +103,19 @@ def _read(plan: Plan, sources: dict, kp: KeyPlan, bufs: dict) -> dict:
     return out
 
 
-def _check_finite(key: str, t: torch.Tensor) -> None:
+def _check_finite(key: str, t: torch.Tensor, out_dtype: torch.dtype | None = None) -> None:
+    """Refuse NaN/inf in a result, and values the output dtype cannot hold (fp16 overflow).
+
+    One aminmax pass over the compute-dtype result (NaN propagates into it)."""
     if t.dtype not in _CHECKABLE or t.numel() == 0:
         return
-    s = float(t.sum(dtype=torch.float64 if t.dtype == torch.float64 else torch.float32))
-    if not math.isfinite(s) and not bool(torch.isfinite(t).all()):
-        raise AlloyError(f"The merged tensor {key} contains NaN or infinite values (check the inputs and "
-                         f"the weights); nothing was written.")
+    lo, hi = (float(v) for v in torch.aminmax(t))
+    limit = torch.finfo(out_dtype).max if out_dtype in _CHECKABLE else math.inf
+    if not (-limit <= lo and hi <= limit):
+        what = "values too large for the output precision" if math.isfinite(lo) and math.isfinite(hi) \
+            else "NaN or infinite values"
+        raise AlloyError(f"The merged tensor {key} contains {what} (check the inputs and the weights); "
+                         f"nothing was written.")
 
 
 def _merge_elementwise(plan, kp, t, target, scratch, ctx):
@@ -126,8 +132,8 @@ def _merge_elementwise(plan, kp, t, target, scratch, ctx):
         ctx.out = buf["out"]
         res = fn(buf["a"], buf["b"], buf.get("c") if "c" in flat else None,
                  alpha=kp.alpha, beta=kp.beta, gamma=r.gamma, ctx=ctx)
+        _check_finite(kp.key, res, dst.dtype)
         dst[s:e].copy_(res)
-        _check_finite(kp.key, dst[s:e] if dst.dtype in _CHECKABLE else res)
 
 
 def _merge_whole(plan, kp, t, device):
@@ -144,7 +150,7 @@ def _merge_whole(plan, kp, t, device):
         res = plan.method.fn(x["a"], x["b"], x.get("c"), alpha=kp.alpha, beta=kp.beta, gamma=r.gamma, ctx=ctx)
     if kp.adjust:
         res = apply_adjust(kp.key, res, plan.adjust, plan.arch)
-    _check_finite(kp.key, res)
+    _check_finite(kp.key, res, kp.out_dtype)
     return res
 
 
