@@ -104,4 +104,6 @@ def create_router(session) -> APIRouter:
         p = Presets()
         return {"presets": {name: list(p.raw(name)) for name in p.names()}}
 
+    from .lora.api import create_lora_router, session_resolver
+    router.include_router(create_lora_router(session_resolver(session), prefix="/lora"))
     return router

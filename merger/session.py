@@ -45,11 +45,16 @@ class Host:
 class StandaloneHost(Host):
     """A models folder; no live model (the standalone app and the CLI)."""
 
-    def __init__(self, models_dir: str):
+    def __init__(self, models_dir: str, lora_dir: str | None = None):
         self._dir = os.path.abspath(models_dir)
+        self._lora_dir = os.path.abspath(lora_dir) if lora_dir else self._dir
 
     def models_dir(self) -> str:
         return self._dir
+
+    def lora_dir(self) -> str:
+        """Where the LoRA tools list LoRAs and write their outputs."""
+        return self._lora_dir
 
     def list_models(self) -> list[str]:
         out = []

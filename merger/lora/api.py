@@ -6,6 +6,7 @@ dict (`LoraResult.to_dict()`). `resolve_path(name, kind)` maps user names to fil
 """
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 from merger.errors import AlloyError
@@ -91,11 +92,36 @@ def resize(req: dict, resolve: Resolver = _same, progress=None) -> dict:
 OPERATIONS = {"bake": bake, "merge": merge, "extract": extract, "resize": resize}
 
 
-def create_lora_router(resolve_path: Resolver = _same):
+def session_resolver(session, lora_dir: str | None = None) -> Resolver:
+    """name, kind -> path: LoRAs relative to lora_dir, models through the host, outputs into
+    lora_dir (LoRAs) or the host's models folder (checkpoints). Absolute paths pass through."""
+    host = getattr(session, "host", None)
+    if lora_dir is None and host is not None and hasattr(host, "lora_dir"):
+        lora_dir = host.lora_dir()
+
+    def resolve(name: str, kind: str) -> str:
+        name = (name or "").strip()
+        if not name:
+            raise AlloyError(f"a {kind.replace('_', ' ')} name is needed")
+        if os.path.isabs(name):
+            return name
+        if kind == "model" and host is not None:
+            return host.resolve_model(name)
+        if kind == "out_model":
+            base = host.models_dir() if host is not None else os.getcwd()
+            return os.path.join(base, name if name.endswith(".safetensors") else name + ".safetensors")
+        base = lora_dir or os.getcwd()
+        if kind == "out_lora" and not name.endswith(".safetensors"):
+            name += ".safetensors"
+        return os.path.join(base, name)
+    return resolve
+
+
+def create_lora_router(resolve_path: Resolver = _same, prefix: str = "/alloy/v1/lora"):
     """FastAPI router with POST /alloy/v1/lora/{bake,merge,extract,resize}; AlloyError → 400."""
     from fastapi import APIRouter, Body, HTTPException
 
-    router = APIRouter(prefix="/alloy/v1/lora")
+    router = APIRouter(prefix=prefix)
 
     def endpoint(fn):
         def handler(req: dict = Body(...)):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 from merger.errors import AlloyError
+from merger.lora.api import session_resolver
 from merger.lora.blocks import parse_spec
 
 LORA_EXTS = (".safetensors", ".pt", ".ckpt")
@@ -25,27 +26,7 @@ def list_loras(folder: str | None) -> list[str]:
     return sorted(out)
 
 
-def make_resolver(session, lora_dir: str | None):
-    """name, kind -> path: LoRAs relative to lora_dir, models through the host, outputs into
-    lora_dir (LoRAs) or the host's models folder (checkpoints). Absolute paths pass through."""
-    host = getattr(session, "host", None)
-
-    def resolve(name: str, kind: str) -> str:
-        name = (name or "").strip()
-        if not name:
-            raise AlloyError(f"a {kind.replace('_', ' ')} name is needed")
-        if os.path.isabs(name):
-            return name
-        if kind == "model" and host is not None:
-            return host.resolve_model(name)
-        if kind == "out_model":
-            base = host.models_dir() if host is not None else os.getcwd()
-            return os.path.join(base, name if name.endswith(".safetensors") else name + ".safetensors")
-        base = lora_dir or os.getcwd()
-        if kind == "out_lora" and not name.endswith(".safetensors"):
-            name += ".safetensors"
-        return os.path.join(base, name)
-    return resolve
+make_resolver = session_resolver
 
 
 def lora_lines(text: str) -> list[str]:

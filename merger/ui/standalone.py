@@ -22,6 +22,8 @@ def parse_args(argv) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m merger ui", description="Alloy's merge UI in the browser.")
     p.add_argument("--models-dir", default=os.environ.get("ALLOY_MODELS_DIR", "."),
                    help="folder with the checkpoints to merge; merged files are written here")
+    p.add_argument("--lora-dir", default=os.environ.get("ALLOY_LORA_DIR"),
+                   help="folder with LoRAs for the LoRA tools (default: the models folder)")
     p.add_argument("--data-dir", default=None,
                    help="folder for history and user presets (default: <models-dir>/.alloy)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port on 127.0.0.1 (default {DEFAULT_PORT})")
@@ -38,7 +40,7 @@ def style_css() -> str:
         return ""
 
 
-def make_session(models_dir: str, data_dir: str | None = None):
+def make_session(models_dir: str, data_dir: str | None = None, lora_dir: str | None = None):
     """A Session over a folder of checkpoints (standalone host: no live model)."""
     from ..session import Session, StandaloneHost
     from ..settings import Settings
@@ -47,7 +49,7 @@ def make_session(models_dir: str, data_dir: str | None = None):
         raise AlloyError(f"The models folder {models_dir} does not exist.")
     data_dir = os.path.abspath(data_dir or os.path.join(models_dir, ".alloy"))
     os.makedirs(data_dir, exist_ok=True)
-    return Session(StandaloneHost(models_dir), data_dir, Settings())
+    return Session(StandaloneHost(models_dir, lora_dir), data_dir, Settings())
 
 
 def create_app(session):
@@ -74,7 +76,7 @@ def create_app(session):
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        session = make_session(args.models_dir, args.data_dir)
+        session = make_session(args.models_dir, args.data_dir, args.lora_dir)
     except AlloyError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
