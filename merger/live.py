@@ -23,20 +23,30 @@ _FP16_CACHE_ATTR = {"weight": "fp16_weight", "bias": "fp16_bias"}
 
 
 # ---- the model's tensors ---------------------------------------------------------------------
+def checkpoint_name(name: str) -> str:
+    """The checkpoint key of module path `name`: the WebUI's hijack wraps the text encoder and its
+    token embedding in modules that hold the original as `.wrapped`
+    (`cond_stage_model.wrapped.transformer…token_embedding.wrapped.weight` is checkpoint key
+    `cond_stage_model.transformer…token_embedding.weight`), so every `wrapped` segment is dropped."""
+    return ".".join(part for part in name.split(".") if part != "wrapped")
+
+
 def owner_map(model: torch.nn.Module) -> dict[str, tuple[torch.nn.Module, str]]:
-    """checkpoint key → (module, attribute) for every parameter and buffer (tied ones under each name).
+    """checkpoint key → (module, attribute) for every parameter and buffer (tied ones under each name;
+    names inside the WebUI's hijack wrappers under their checkpoint name too, see checkpoint_name).
 
     The tensor is looked up at write time (`getattr(module, attr)`), because --medvram/--lowvram
     hooks move modules between devices by swapping `.data`."""
-    out = {}
+    out, aliases = {}, {}
     for mname, module in model.named_modules(remove_duplicate=False):
         prefix = mname + "." if mname else ""
-        for attr, p in module._parameters.items():
-            if p is not None:
-                out[prefix + attr] = (module, attr)
-        for attr, b in module._buffers.items():
-            if b is not None:
-                out[prefix + attr] = (module, attr)
+        for table in (module._parameters, module._buffers):
+            for attr, t in table.items():
+                if t is not None:
+                    out[prefix + attr] = (module, attr)
+                    aliases.setdefault(checkpoint_name(prefix + attr), (module, attr))
+    for key, owner in aliases.items():
+        out.setdefault(key, owner)
     return out
 
 
@@ -159,10 +169,13 @@ def _capture(state: LiveState, key: str, module, attr: str, source_a) -> None:
     state.originals[key] = Original(conv, kept, fp16)
 
 
-def restore(model: torch.nn.Module, state: LiveState, source_a, keys=None) -> int:
-    """Put `keys` (default: every modified key) back bit-exactly; returns how many."""
-    reset_lora_state(model)
-    owners = owner_map(model)
+def restore(model: torch.nn.Module, state: LiveState, source_a, keys=None, owners=None) -> int:
+    """Put `keys` (default: every modified key) back bit-exactly; returns how many.
+
+    `owners` (an `owner_map` whose Lora state was already reset) skips that work per call."""
+    if owners is None:
+        reset_lora_state(model)
+        owners = owner_map(model)
     keys = list(state.originals) if keys is None else [k for k in keys if k in state.originals]
     with torch.no_grad():
         for key in keys:
@@ -229,7 +242,7 @@ class LiveSink:
             return
         if getattr(kp, "action", "merge") == "keep_a":
             if key in self.state.originals:
-                restore(self.model, self.state, self.source_a, [key])
+                restore(self.model, self.state, self.source_a, [key], owners=self.owners)
             return
         module, attr = owner
         _capture(self.state, key, module, attr, self.source_a)

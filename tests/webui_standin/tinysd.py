@@ -31,7 +31,7 @@ def layout(arch: str = "sd1", full: bool = False) -> list[tuple[str, tuple, torc
     return out
 
 
-REQUIRED = ("position_ids", "input_blocks.1.1.transformer_blocks.0.attn1.to_q.", "input_blocks.1.1.proj_in.",
+REQUIRED = ("position_ids", "token_embedding", "input_blocks.1.1.transformer_blocks.0.attn1.to_q.", "input_blocks.1.1.proj_in.",
             "diffusion_model.out.2.", "first_stage_model.encoder.conv_in.", "first_stage_model.decoder.conv_out.",
             "input_blocks.4.1.proj_in.", "middle_block.1.proj_in.")
 

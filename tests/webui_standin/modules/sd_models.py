@@ -1,7 +1,7 @@
 """Stand-in of modules.sd_models (v1.10.1 semantics that Alloy relies on):
 CheckpointInfo / checkpoints_list / aliases, select_checkpoint, load_model,
 reload_model_weights (no-op when the same file is loaded), and load_model_weights with the
-WebUI's precision handling: half() unless --no-half (VAE kept with --no-half-vae), fp8 storage
+WebUI's precision handling (and the text-encoder hijack, see sd_hijack.py): half() unless --no-half (VAE kept with --no-half-vae), fp8 storage
 of Linear/Conv2d weights outside the VAE (optionally caching fp16 copies), VAE to dtype_vae."""
 import copy
 import hashlib
@@ -11,7 +11,7 @@ import types
 import torch
 from safetensors.torch import load_file
 
-from modules import devices, script_callbacks, sd_vae, shared
+from modules import devices, script_callbacks, sd_hijack, sd_vae, shared
 
 checkpoints_list = {}
 checkpoint_aliases = {}
@@ -138,6 +138,7 @@ def load_model(checkpoint_info=None, already_loaded_state_dict=None):
     checkpoint_info = checkpoint_info or select_checkpoint()
     model = tinysd.build_model()
     load_model_weights(model, checkpoint_info, already_loaded_state_dict)
+    sd_hijack.model_hijack.hijack(model)
     model_data.sd_model = model
     shared.sd_model = model
     script_callbacks.model_loaded_callback(model)
@@ -151,7 +152,9 @@ def reload_model_weights(sd_model=None, info=None, forced_reload=False):
         return load_model(checkpoint_info)
     if sd_model.sd_model_checkpoint == checkpoint_info.filename and not forced_reload:
         return sd_model
+    sd_hijack.model_hijack.undo_hijack(sd_model)
     load_model_weights(sd_model, checkpoint_info, None)
+    sd_hijack.model_hijack.hijack(sd_model)
     script_callbacks.model_loaded_callback(sd_model)
     model_data.sd_model = sd_model
     shared.sd_model = sd_model
