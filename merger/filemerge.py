@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from .engine import Report, execute
 from .errors import AlloyError
 from .io import legacy_hash, sha256_file
+from .io.writer import check_target
 from .metadata import merge_metadata
 from .plan import build_plan, open_sources
 from .recipe import Recipe
@@ -18,13 +19,7 @@ def check_output_path(out_path: str, overwrite: bool) -> str:
     out_path = os.path.abspath(os.path.expanduser(out_path))
     if not out_path.lower().endswith(".safetensors"):
         raise AlloyError(f"The output file must end in .safetensors: {out_path}.")
-    folder = os.path.dirname(out_path)
-    if not os.path.isdir(folder):
-        raise AlloyError(f"The output folder does not exist: {folder}.")
-    if os.path.isdir(out_path):
-        raise AlloyError(f"The output path is a folder: {out_path}.")
-    if os.path.exists(out_path) and not overwrite:
-        raise AlloyError(f"{out_path} exists; pass --overwrite to replace it.")
+    check_target(out_path, overwrite)
     return out_path
 
 

@@ -103,7 +103,7 @@ def _fsync_dir(folder: str) -> None:
         os.close(fd)
 
 
-def _check_target(path: str, overwrite: bool) -> str:
+def check_target(path: str, overwrite: bool) -> str:
     """Folder exists and is writable; an existing target only with overwrite. Returns the folder."""
     folder = os.path.dirname(path)
     if not os.path.isdir(folder):
@@ -135,7 +135,7 @@ class SafetensorsWriter:
                  metadata_reserve: int = 65536):
         self.path = os.path.abspath(os.fspath(path))
         self.overwrite = overwrite
-        folder = _check_target(self.path, overwrite)
+        folder = check_target(self.path, overwrite)
         self._rows, self.data_size = layout_rows(list(entries))
         self.metadata = check_metadata(metadata)
         base = len(header_json(self._rows, None)) + max(0, int(metadata_reserve))

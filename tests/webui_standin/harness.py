@@ -89,9 +89,14 @@ def make_world(tmp_path, *, no_half=False, fp8=False, cache_fp16=False, vae=Fals
                                  networks=networks, vae=vae_path)
 
 
+def checkpoint_key(name: str) -> str:
+    """A state_dict name of the hijacked model → its checkpoint key (the hijack's `wrapped` dropped)."""
+    return ".".join(part for part in name.split(".") if part != "wrapped")
+
+
 def snapshot(model) -> dict:
-    """Every parameter/buffer's bytes (for bit-exact comparisons)."""
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    """Every parameter/buffer's bytes by checkpoint key (for bit-exact comparisons)."""
+    return {checkpoint_key(k): v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def same_bits(x: torch.Tensor, y: torch.Tensor) -> bool:

@@ -53,7 +53,8 @@ def process_images(p):
     import networks
     networks.load_networks(p.loras)
     networks.apply_to_model(model)      # what the hijacked forward of each layer does
-    seen = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    seen = {".".join(n for n in k.split(".") if n != "wrapped"): v.detach().clone()   # by checkpoint key
+            for k, v in model.state_dict().items()}
     res = Processed(p, create_infotext(p), seen)
     if p.scripts is not None:
         p.scripts.postprocess(p, res)
