@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import parallel
 from .adjust import apply_adjust
 from .errors import AlloyError, Interrupted
 from .methods import KeyContext
@@ -136,22 +137,28 @@ def _merge_elementwise(plan, kp, t, target, scratch, ctx):
         dst[s:e].copy_(res)
 
 
-def _merge_whole(plan, kp, t, device):
-    """Whole-tensor kernel application (non-elementwise methods, §10.5 channel slices, Adjust)."""
-    r, cd = plan.recipe, plan.compute_dtype
-    x = {s: v.to(device=device, dtype=cd) for s, v in t.items()}
-    ctx = KeyContext(key=kp.key, stats=getattr(plan, "stats", None))
+def merge_whole(method, kp, t, *, compute, gamma, adjust=None, arch=None, stats=None, device="cpu"):
+    """Whole-tensor kernel application (non-elementwise methods, §10.5 channel slices, Adjust).
+
+    Pure function of its arguments, so worker processes can run it (see merger.parallel)."""
+    x = {s: v.to(device=device, dtype=compute) for s, v in t.items()}
+    ctx = KeyContext(key=kp.key, stats=stats)
     if kp.channels:
         sl = (slice(None), slice(0, kp.channels))
         res = x["a"].clone()
-        res[sl] = plan.method.fn(x["a"][sl], x["b"][sl], x["c"][sl] if "c" in x else None,
-                                 alpha=kp.alpha, beta=kp.beta, gamma=r.gamma, ctx=ctx)
+        res[sl] = method.fn(x["a"][sl], x["b"][sl], x["c"][sl] if "c" in x else None,
+                            alpha=kp.alpha, beta=kp.beta, gamma=gamma, ctx=ctx)
     else:
-        res = plan.method.fn(x["a"], x["b"], x.get("c"), alpha=kp.alpha, beta=kp.beta, gamma=r.gamma, ctx=ctx)
+        res = method.fn(x["a"], x["b"], x.get("c"), alpha=kp.alpha, beta=kp.beta, gamma=gamma, ctx=ctx)
     if kp.adjust:
-        res = apply_adjust(kp.key, res, plan.adjust, plan.arch)
+        res = apply_adjust(kp.key, res, adjust, arch)
     _check_finite(kp.key, res, kp.out_dtype)
     return res
+
+
+def _merge_whole(plan, kp, t, device):
+    return merge_whole(plan.method, kp, t, compute=plan.compute_dtype, gamma=plan.recipe.gamma,
+                       adjust=plan.adjust, arch=plan.arch, stats=getattr(plan, "stats", None), device=device)
 
 
 def _prepass(plan: Plan, sources: dict, device, progress, should_stop) -> None:
@@ -191,10 +198,13 @@ def execute(plan: Plan, sources: dict, sink: Sink, *, device="cpu", progress=Non
     scratch = _Scratch(plan.compute_dtype, device) if plan.method.elementwise else None
     ctx = KeyContext(key="")
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="alloy-read")
+    keypool = None
     try:
         sink.begin(plan)
         if plan.method.prepass is not None and any(kp.action == "merge" for kp in work):
             _prepass(plan, sources, device, progress, should_stop)
+        if parallel.wanted(plan, work):
+            keypool = parallel.KeyPool(plan)
         pending = pool.submit(_read, plan, sources, work[0], bufs.sets[0]) if work else None
         for i, kp in enumerate(work):
             if should_stop is not None and should_stop():
@@ -202,9 +212,19 @@ def execute(plan: Plan, sources: dict, sink: Sink, *, device="cpu", progress=Non
             tensors = pending.result()
             if i + 1 < len(work):
                 pending = pool.submit(_read, plan, sources, work[i + 1], bufs.sets[(i + 1) % 2])
-            _produce(plan, kp, tensors, sink, scratch, ctx, device, report)
+            if keypool is None:
+                _produce(plan, kp, tensors, sink, scratch, ctx, device, report)
+            else:
+                merge = kp.action == "merge"
+                keypool.add(kp, tensors, merge, None if merge else _plain(kp, tensors))
+                for ready_kp, result in keypool.ready():
+                    _deliver(sink, ready_kp, result)
+                _count(kp, report)
             if progress:
                 progress(i + 1, len(work), kp.key)
+        if keypool is not None:
+            for ready_kp, result in keypool.ready(drain=True):
+                _deliver(sink, ready_kp, result)
         report.seconds = time.perf_counter() - t0
         report.keys_written = len(work)
         sink.finish(report)
@@ -213,34 +233,53 @@ def execute(plan: Plan, sources: dict, sink: Sink, *, device="cpu", progress=Non
         raise
     finally:
         pool.shutdown(wait=True)
+        if keypool is not None:
+            keypool.close()
     report.seconds = time.perf_counter() - t0
     return report
 
 
-def _produce(plan, kp, tensors, sink, scratch, ctx, device, report) -> None:
-    target = sink.target(kp)
+def _count(kp, report) -> None:
     if kp.action == "merge":
         report.keys_merged += 1
-        if plan.method.elementwise and not kp.channels and not kp.adjust and tensors["a"].dim() > 0:
-            if target is None:
-                target = torch.empty(kp.shape, dtype=kp.out_dtype)
-            ctx.key, ctx.stats = kp.key, None
-            _merge_elementwise(plan, kp, tensors, target, scratch, ctx)
-            sink.put(kp, target)
-            return
-        result = _merge_whole(plan, kp, tensors, device)
     else:
         report.keys_copied += 1
-        if kp.action == "clip_ids":
-            result = torch.arange(kp.shape[-1], dtype=kp.out_dtype).reshape(kp.shape)
-        else:
-            result = tensors[{"keep_a": "a", "copy_b": "b", "vae": "v"}[kp.action]]
+
+
+def _plain(kp, tensors) -> torch.Tensor:
+    """The tensor of a key that is copied, not merged."""
+    if kp.action == "clip_ids":
+        return torch.arange(kp.shape[-1], dtype=kp.out_dtype).reshape(kp.shape)
+    return tensors[{"keep_a": "a", "copy_b": "b", "vae": "v"}[kp.action]]
+
+
+def _deliver(sink, kp, result, target=None) -> None:
+    """Hand `result` to the sink, cast into its target when it offers one."""
+    if target is None:
+        target = sink.target(kp)
     if target is not None:
-        target.copy_(result)
+        if result is not target:
+            target.copy_(result)
         result = target
     elif result.dtype != kp.out_dtype:
         result = result.to(kp.out_dtype)
     sink.put(kp, result)
+
+
+def _produce(plan, kp, tensors, sink, scratch, ctx, device, report) -> None:
+    _count(kp, report)
+    target = sink.target(kp)
+    if kp.action != "merge":
+        result = _plain(kp, tensors)
+    elif plan.method.elementwise and not kp.channels and not kp.adjust and tensors["a"].dim() > 0:
+        if target is None:
+            target = torch.empty(kp.shape, dtype=kp.out_dtype)
+        ctx.key, ctx.stats = kp.key, None
+        _merge_elementwise(plan, kp, tensors, target, scratch, ctx)
+        result = target
+    else:
+        result = _merge_whole(plan, kp, tensors, device)
+    _deliver(sink, kp, result, target)
 
 
 def merge_to_file(recipe, out_path, **kwargs) -> Report:

@@ -13,6 +13,7 @@ from .settings import OPTIONS, Settings, from_getter, option_key
 
 EXT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 XYZ_MODULE = "xyz_grid.py"
+DATA_DIR_ENV = "ALLOY_DATA_DIR"
 INFOTEXT_NAME, INFOTEXT_HASH, INFOTEXT_RECIPE = "Alloy merge", "Alloy hash", "Alloy recipe"
 _STATE_FIELDS = ("job", "textinfo", "sampling_step", "sampling_steps")
 
@@ -161,7 +162,14 @@ def make_script_class(session: Session):
 
         def before_process(self, p, *args):
             if xyz.pending(p):
-                xyz.run_cell(session, p)
+                try:
+                    xyz.run_cell(session, p)
+                except AlloyError:
+                    # The WebUI only logs a script's error and would go on generating this and the
+                    # next cells with the wrong weights under the cell's label: stop the job.
+                    from modules import shared
+                    shared.state.interrupt()
+                    raise
 
         def process(self, p, *args):
             live = session.live
@@ -214,11 +222,13 @@ def build_tabs(session: Session):
 
 
 def register(data_dir: str | None = None):
-    """Create the session and register every callback; returns the always-visible Script class."""
+    """Create the session and register every callback; returns the always-visible Script class.
+    History lives in `data_dir`, else $ALLOY_DATA_DIR (tests), else the extension's data/ folder."""
     from modules import script_callbacks
     from .api import create_router
     host = WebUIHost()
-    session = Session(host, data_dir or os.path.join(EXT_ROOT, "data"), read_settings(),
+    data_dir = data_dir or os.environ.get(DATA_DIR_ENV) or os.path.join(EXT_ROOT, "data")
+    session = Session(host, data_dir, read_settings(),
                       settings_source=read_settings)
 
     def on_model_loaded(sd_model):

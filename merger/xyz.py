@@ -90,12 +90,20 @@ def make_axes(axis_option_cls, session) -> list:
             set_pending(p, _field, x)
 
         def confirm(p, xs, _spec=spec):
+            if _spec.field != "recipe":
+                confirm_base(session)
             for x in xs:
                 _confirm_value(_spec, x, session)
 
         out.append(axis_option_cls(spec.label, spec.type, apply, confirm=confirm, cost=spec.cost,
                                    choices=choices_for(spec.choices, session)))
     return out
+
+
+def confirm_base(session) -> None:
+    """Refuse the grid before it starts when the recipe its cells start from cannot be merged here
+    (none set up, or its model A is not in this WebUI's list) instead of failing in every cell."""
+    session.host.resolve_model(session.xyz_base().model_a)
 
 
 def _confirm_value(spec: AxisSpec, x, session) -> None:

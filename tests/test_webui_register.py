@@ -2,9 +2,17 @@
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 from tests.webui_standin.harness import make_world
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _data_dir(tmp_path, monkeypatch):
+    """scripts/alloy.py calls register() with no folder: keep its history out of the repo's data/."""
+    monkeypatch.setenv("ALLOY_DATA_DIR", str(tmp_path / "data"))
 
 
 def _load_script():
@@ -22,6 +30,7 @@ def test_script_registers_every_callback_and_settings(tmp_path):
     cm = w.callbacks.callback_map
     for cat in ("ui_tabs", "before_ui", "app_started", "ui_settings", "model_loaded"):
         assert len(cm["callbacks_" + cat]) == 1, cat
+    assert Path(cls.alloy_session.data_dir) == w.tmp / "data"
     w.callbacks.ui_settings_callback()
     from merger.settings import OPTIONS, option_key
     for spec in OPTIONS:

@@ -63,3 +63,38 @@ def test_block_weights_axis_accepts_quoted_lists_and_presets(tmp_path):
     lst = ",".join(["0.5"] * 26)
     _run(w, grid, bw, f'"{lst}",None')
     assert _merges(session) == 2
+
+
+def _odd_checkpoint(path):
+    """A checkpoint of another architecture (no UNet keys): merging it with A fails."""
+    import torch
+    from safetensors.torch import save_file
+    save_file({"something.else.weight": torch.zeros(2, 2)}, str(path))
+
+
+def test_a_failing_cell_stops_the_grid_instead_of_generating_unmerged_cells(tmp_path):
+    """The real WebUI only logs a before_process error and goes on: the cell (and every later one)
+    would be generated with the previous weights under the cell's label."""
+    from modules import processing, scripts
+    w, session, grid, labels = _setup(tmp_path)
+    w.shared.opts.data["alloy_restore_after_xyz"] = False
+    _odd_checkpoint(w.models / "D.safetensors")
+    w.sd_models.list_models()
+    runner = scripts.ScriptRunner()
+    p = processing.StableDiffusionProcessing(seed=1, scripts_runner=runner)
+    results = grid.run(p, labels.index("[Alloy] Model B"), "B.safetensors,D.safetensors,C.safetensors",
+                       labels.index("Seed"), "1,2")
+    assert [r.images != [] for _, r in results] == [True, True, False]     # B×2 made, D stopped it
+    assert runner.errors and runner.errors[0][0] == "before_process"
+    assert w.shared.state.interrupted
+    assert session.live.recipe.model_b == w.paths["b"]
+
+
+def test_grid_is_refused_before_it_starts_when_the_base_model_is_unknown(tmp_path):
+    from merger.errors import AlloyError
+    from merger.recipe import Recipe
+    w, session, grid, labels = _setup(tmp_path)
+    session.set_draft(Recipe(model_a=str(tmp_path / "gone.safetensors"), model_b=w.paths["b"]))
+    with pytest.raises(AlloyError, match="not in the WebUI's list"):
+        _run(w, grid, labels.index("[Alloy] Alpha"), "0.2,0.4", labels.index("Seed"), "1")
+    assert _merges(session) == 0

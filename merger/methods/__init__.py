@@ -65,7 +65,7 @@ def _build() -> MappingProxyType:
                uses_beta=False, uses_gamma=False, elementwise=True,
                summary="A + 1.8*a*(B-C)*|B-A|/(|B-C|+|B-A|)"),
         Method("add_difference", "smoothAdd", smooth.smooth_add, needs_c=True, uses_beta=False,
-               uses_gamma=False, elementwise=False, summary="A + a*gaussian(median(B-C))"),
+               uses_gamma=False, elementwise=False, heavy=True, summary="A + a*gaussian(median(B-C))"),
         Method("add_difference", "extract", extract.extract, needs_c=True, uses_beta=True, uses_gamma=True,
                elementwise=False, check=extract.check,
                summary="A + lerp(B-A, C-A, a)*lerp(d, 1-d, b), d=((cos+1)/2)^g"),

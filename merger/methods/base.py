@@ -42,6 +42,8 @@ class Method:
     prepass / finalize: cosine statistics. ``prepass(a, b)`` returns a 1-D tensor of values for one
         key; ``finalize([values, ...])`` turns all keys' values into the ``ctx.stats`` object.
     skips_vae: keys of the VAE (``first_stage_model``) keep A (cosine modes).
+    heavy: the kernel is slow and holds the GIL (SciPy filters): the engine runs keys in parallel
+        worker processes ("smoothAdd MT" is this, for every smoothAdd merge).
     """
 
     mode: str
@@ -54,6 +56,7 @@ class Method:
     prepass: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     finalize: Callable[[list], object] | None = None
     skips_vae: bool = False
+    heavy: bool = False
     check: Callable[[float, float, float], None] | None = None
     summary: str = ""
 

@@ -23,7 +23,7 @@ class StableDiffusionProcessing:
 
 class Processed:
     def __init__(self, p, infotext, weights_seen):
-        self.images = [weights_seen]
+        self.images = [] if weights_seen is None else [weights_seen]
         self.seed = p.seed
         self.prompt = p.prompt
         self.infotexts = [infotext]
@@ -50,6 +50,8 @@ def process_images(p):
     p.sd_model_hash = model.sd_model_hash
     if p.scripts is not None:
         p.scripts.process(p)
+    if shared.state.interrupted:        # process_images_inner's batch loop breaks: no images
+        return Processed(p, "", None)
     import networks
     networks.load_networks(p.loras)
     networks.apply_to_model(model)      # what the hijacked forward of each layer does

@@ -48,19 +48,26 @@ class ScriptRunner:
 
     def __init__(self):
         self.alwayson_scripts = []
+        self.errors = []
         for d in scripts_data:
             s = d.script_class()
             if s.show(False) is AlwaysVisible:
                 self.alwayson_scripts.append(s)
 
-    def before_process(self, p):
+    # Like the WebUI, an always-visible script's exception is only reported (errors.report) and
+    # generation goes on; `errors` collects them for tests.
+    def _each(self, method, p, *extra):
         for s in self.alwayson_scripts:
-            s.before_process(p, *p.script_args[s.args_from:s.args_to])
+            try:
+                getattr(s, method)(p, *extra, *p.script_args[s.args_from:s.args_to])
+            except Exception as e:      # noqa: BLE001 - what modules/scripts.py does
+                self.errors.append((method, e))
+
+    def before_process(self, p):
+        self._each("before_process", p)
 
     def process(self, p):
-        for s in self.alwayson_scripts:
-            s.process(p, *p.script_args[s.args_from:s.args_to])
+        self._each("process", p)
 
     def postprocess(self, p, processed):
-        for s in self.alwayson_scripts:
-            s.postprocess(p, processed, *p.script_args[s.args_from:s.args_to])
+        self._each("postprocess", p, processed)
