@@ -85,6 +85,7 @@ class _Scratch:
     """Reused compute-dtype chunk buffers for elementwise kernels."""
 
     def __init__(self, dtype, device, n=CHUNK):
+        self.device = torch.device(device)
         self.t = {name: torch.empty(n, dtype=dtype, device=device) for name in ("a", "b", "c", "out")}
 
 
@@ -120,21 +121,28 @@ def _check_finite(key: str, t: torch.Tensor, out_dtype: torch.dtype | None = Non
 
 
 def _merge_elementwise(plan, kp, t, target, scratch, ctx):
-    """Chunked kernel application: inputs are cast into scratch, the result into the target."""
-    fn, r = plan.method.fn, plan.recipe
+    """Chunked kernel application through reused buffers; the result is cast into the target.
+
+    Inputs already in the compute dtype on the compute device are used in place, and a target of
+    that dtype and device is written directly (no scratch copies): a cached fp32 re-merge into an
+    fp32 model costs one kernel pass plus the finite check."""
+    fn, r, cd = plan.method.fn, plan.recipe, plan.compute_dtype
     flat = {s: v.reshape(-1) for s, v in t.items()}
+    direct = {s: v.dtype == cd and v.device == scratch.device for s, v in flat.items()}
     dst = target.reshape(-1)
+    direct_out = dst.dtype == cd and dst.device == scratch.device
     n = dst.numel()
     for s in range(0, n, CHUNK):
         e = min(n, s + CHUNK)
-        buf = {k: scratch.t[k][: e - s] for k in ("a", "b", "c", "out")}
-        for slot in flat:
-            buf[slot].copy_(flat[slot][s:e])
-        ctx.out = buf["out"]
-        res = fn(buf["a"], buf["b"], buf.get("c") if "c" in flat else None,
-                 alpha=kp.alpha, beta=kp.beta, gamma=r.gamma, ctx=ctx)
+        buf = {}
+        for slot, v in flat.items():
+            buf[slot] = v[s:e] if direct[slot] else scratch.t[slot][: e - s].copy_(v[s:e])
+        out = dst[s:e] if direct_out else scratch.t["out"][: e - s]
+        ctx.out = out
+        res = fn(buf["a"], buf["b"], buf.get("c"), alpha=kp.alpha, beta=kp.beta, gamma=r.gamma, ctx=ctx)
         _check_finite(kp.key, res, dst.dtype)
-        dst[s:e].copy_(res)
+        if not direct_out or res.data_ptr() != out.data_ptr():
+            dst[s:e].copy_(res)
 
 
 def merge_whole(method, kp, t, *, compute, gamma, adjust=None, arch=None, stats=None, device="cpu"):
