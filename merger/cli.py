@@ -91,8 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", default="sd1", choices=["sd1", "sd2", "sdxl", "flux"])
     p.add_argument("--presets", default=os.environ.get("ALLOY_PRESETS"), help="user presets file")
 
-    p = sub.add_parser("ui", help="serve the Alloy tab as a standalone app on 127.0.0.1")
-    p.add_argument("args", nargs=argparse.REMAINDER)
+    sub.add_parser("ui", help="serve the Alloy tab as a standalone app on 127.0.0.1 "
+                              "(python -m merger ui --help)", add_help=False)
 
     try:
         from .lora.cli import add_lora_parser
@@ -178,9 +178,6 @@ def dispatch(a) -> int:
         return cmd_inspect(a)
     if a.command == "presets":
         return cmd_presets(a)
-    if a.command == "ui":
-        from .ui.standalone import main as ui_main
-        return ui_main(a.args) or 0
     if a.command == "lora":
         from .lora.cli import run as lora_run
         return lora_run(a)
@@ -188,6 +185,10 @@ def dispatch(a) -> int:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["ui"]:  # the standalone app parses its own options
+        from .ui.standalone import main as ui_main
+        return ui_main(argv[1:]) or 0
     parser = build_parser()
     a = parser.parse_args(argv)
     try:

@@ -115,3 +115,11 @@ def test_inspect_and_presets(models, tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     grad = [ln for ln in lines if ln.startswith("GRAD_V\t")][0]
     assert len(grad.split("\t")[1].split(",")) == 20
+
+
+def test_ui_subcommand_parses_its_own_options(tmp_path, capsys):
+    assert main(["ui", "--models-dir", str(tmp_path / "nowhere"), "--port", "7999", "--no-browser"]) == 2
+    assert "nowhere" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["ui", "--help"])
+    assert e.value.code == 0 and "--models-dir" in capsys.readouterr().out
