@@ -1,7 +1,9 @@
 """REST API under /alloy/v1/ (FastAPI 0.94, pydantic 1): merge, restore, save, status, presets.
 
 Bad input answers 4xx with the AlloyError sentence as `detail` and changes nothing;
-a merge while another runs answers 409."""
+a merge while another runs answers 409. Actions run as a host job (Session.job): in the WebUI they
+wait for a running generation first."""
+import os
 from typing import Optional
 
 from fastapi import APIRouter, HTTPException
@@ -33,6 +35,15 @@ def _http_error(e: AlloyError) -> HTTPException:
     from .session import Busy
     code = 409 if isinstance(e, (Busy, Interrupted)) else 400
     return HTTPException(status_code=code, detail=str(e))
+
+
+def _refuse_overwrite(session, name: str | None, overwrite: bool) -> None:
+    """An existing output file is kept unless the request says `"overwrite": true` (named so)."""
+    if overwrite or not (name or "").strip():
+        return
+    path = session.output_path(name)
+    if os.path.exists(path):
+        raise AlloyError(f'{path} exists; send "overwrite": true to replace it.')
 
 
 def _report(report) -> dict:
@@ -70,10 +81,13 @@ def create_router(session) -> APIRouter:
     def merge(req: MergeRequest):
         try:
             recipe = parse_merge_request(req)
-            if req.target == "live":
-                report = session.merge_live(recipe)
-            else:
-                report = session.merge_to_file(recipe, req.name, overwrite=req.overwrite)
+            if req.target == "file":
+                _refuse_overwrite(session, req.name, req.overwrite)
+            with session.job("Alloy merge"):
+                if req.target == "live":
+                    report = session.merge_live(recipe)
+                else:
+                    report = session.merge_to_file(recipe, req.name, overwrite=req.overwrite)
         except AlloyError as e:
             raise _http_error(e) from None
         return _report(report)
@@ -81,15 +95,18 @@ def create_router(session) -> APIRouter:
     @router.post("/restore")
     def restore():
         try:
-            return {"message": session.restore()}
+            with session.job("Alloy restore"):
+                return {"message": session.restore()}
         except AlloyError as e:
             raise _http_error(e) from None
 
     @router.post("/save")
     def save(req: SaveRequest):
         try:
-            report = session.save_live(req.name, dtype=req.dtype, prune=req.prune, bake_vae=req.bake_vae,
-                                       overwrite=req.overwrite)
+            _refuse_overwrite(session, req.name, req.overwrite)
+            with session.job("Alloy save"):
+                report = session.save_live(req.name, dtype=req.dtype, prune=req.prune, bake_vae=req.bake_vae,
+                                           overwrite=req.overwrite)
         except AlloyError as e:
             raise _http_error(e) from None
         return _report(report)

@@ -1,11 +1,12 @@
 """Merging into a loaded `torch.nn.Module` in place, and putting its weights back bit-exactly.
 
-Checkpoint key `k` maps to the parameter or buffer of the same dotted name (the WebUI's
-`sd_model.state_dict()` keys are checkpoint keys). Writes are `copy_` into that tensor, on its
-device and in its dtype: no second model exists at any time. Before the first write to a key its
-original value is secured: the A tensor read for merging, converted the way the WebUI converts it
-("cast", or "via_fp16" for fp8 storage), is compared bitwise with the live tensor; if equal the
-file is the backup, otherwise a CPU copy of just that tensor is kept (foreign VAE, …).
+Checkpoint key `k` maps to the parameter or buffer of the same dotted name once the `wrapped`
+segments of the WebUI's text-encoder hijack are dropped (see `checkpoint_name`). Writes are
+`copy_` into that tensor, on its device and in its dtype: no second model exists at any time.
+Before the first write to a key its original value is secured: the A tensor read for merging,
+converted the way the WebUI converts it ("cast", or "via_fp16" for fp8 storage), is compared
+bitwise with the live tensor; if equal the file is the backup, otherwise a CPU copy of just that
+tensor is kept (foreign VAE, …).
 
 The WebUI's built-in Lora extension keeps per-module backups (`network_weights_backup`,
 `network_bias_backup`) of the weights it patches; `reset_lora_state` makes it forget them so the

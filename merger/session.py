@@ -4,6 +4,7 @@ settings. WebUI-free: the environment is a `Host` (standalone here, the WebUI's 
 Additions to DESIGN.md's Session API (used by the X/Y/Z axes, the REST API and the UI):
   - `draft`: the recipe last set up in the tab (`set_draft`); the X/Y/Z axes start from it.
   - `xyz_base()`, `model_changed()`, `update_settings(settings)`, `busy`, `live` (LiveState | None).
+  - `job(title)`: context for user actions (Host.exclusive_job: the WebUI's generation queue).
   - `Busy(AlloyError)`: raised when a merge or restore is already running."""
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ class Host:
     def job_progress(self, done: int, total: int, key: str) -> None: pass
     def job_end(self) -> None: pass
     def on_live_changed(self, recipe: Recipe | None) -> None: pass
+    def exclusive_job(self, title: str): return contextlib.nullcontext()
 
 
 class StandaloneHost(Host):
@@ -122,6 +124,12 @@ class Session:
 
     def interrupt(self) -> None:
         self._stop.set()
+
+    def job(self, title: str):
+        """Context for a user action (API call, tab button): the host's exclusive job — in the
+        WebUI, wait for the generation queue and begin/end a job like its own tools do. X/Y/Z cells
+        merge inside a generation that already holds it and call merge_live directly."""
+        return self.host.exclusive_job(title)
 
     def model_changed(self) -> None:
         """The host loaded another checkpoint: the merge is gone with it."""

@@ -2,6 +2,7 @@
 `modules.*`, and only inside functions. `register()` is called by scripts/alloy.py."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -14,6 +15,7 @@ from .settings import OPTIONS, Settings, from_getter, option_key
 EXT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 XYZ_MODULE = "xyz_grid.py"
 DATA_DIR_ENV = "ALLOY_DATA_DIR"
+SESSION_ATTR = "alloy_session"
 INFOTEXT_NAME, INFOTEXT_HASH, INFOTEXT_RECIPE = "Alloy merge", "Alloy hash", "Alloy recipe"
 _STATE_FIELDS = ("job", "textinfo", "sampling_step", "sampling_steps")
 
@@ -24,6 +26,7 @@ class WebUIHost(Host):
     def __init__(self):
         self._real_info = None     # (model, CheckpointInfo, sd_model_hash) while a merge is live
         self._saved_state = None
+        self.session = None        # set by register(); tagged onto the model it merges into
 
     def list_models(self) -> list[str]:
         from modules import sd_models
@@ -65,6 +68,19 @@ class WebUIHost(Host):
         if not same_file(self.loaded_model_path(), path):
             raise AlloyError(f"The WebUI could not load {path} as the merge base (model A).")
 
+    @contextlib.contextmanager
+    def exclusive_job(self, title: str):
+        """What the WebUI does around its own jobs (call_queue.wrap_gradio_gpu_call): wait for the
+        generation queue, so weights never change under a running generation, then
+        shared.state.begin() (which clears an Interrupt left from an earlier generation) … end()."""
+        from modules import call_queue, shared
+        with call_queue.queue_lock:
+            shared.state.begin(job=title)
+            try:
+                yield
+            finally:
+                shared.state.end()
+
     def should_stop(self) -> bool:
         from modules import shared
         return bool(shared.state.interrupted)
@@ -100,6 +116,8 @@ class WebUIHost(Host):
                 model.sd_checkpoint_info, model.sd_model_hash = info, model_hash
                 self._real_info = None
             return
+        if self.session is not None:
+            setattr(model, SESSION_ATTR, self.session)     # survives "Reload UI", see register()
         if self._real_info is None:
             self._real_info = (model, model.sd_checkpoint_info, getattr(model, "sd_model_hash", None))
         model.sd_checkpoint_info = merged_checkpoint_info(self._real_info[1], recipe)
@@ -203,10 +221,13 @@ def register_axes(session: Session) -> bool:
     def run_then_restore(self, p, *args, **kwargs):
         before = session.live.recipe if session.live is not None else None
         session.xyz_touched = False
+        # The WebUI applies a request's override_settings only inside each cell's generation, so
+        # an API override of the restore setting is read here, from the grid's own p.
+        restore = (getattr(p, "override_settings", None) or {}).get(option_key("restore_after_xyz"))
         try:
             return run(self, p, *args, **kwargs)
         finally:
-            xyz.finish_grid(session, before)
+            xyz.finish_grid(session, before, restore=restore)
 
     run_then_restore.__alloy_original__ = run
     script_cls.run = run_then_restore
@@ -221,21 +242,32 @@ def build_tabs(session: Session):
     return [(build_tab(session, live=True), "Alloy", "alloy")]
 
 
+def session_of_loaded_model():
+    """The Session that merged into the loaded model, when "Reload UI" runs scripts/alloy.py again
+    (the model and its merged weights stay; a new Session would not know them), else None."""
+    from modules import sd_models
+    model = getattr(getattr(sd_models, "model_data", None), "sd_model", None)
+    return getattr(model, SESSION_ATTR, None)
+
+
 def register(data_dir: str | None = None):
-    """Create the session and register every callback; returns the always-visible Script class.
+    """Create the session (or take over the one of the loaded model after "Reload UI") and register
+    every callback; returns the always-visible Script class.
     History lives in `data_dir`, else $ALLOY_DATA_DIR (tests), else the extension's data/ folder."""
     from modules import script_callbacks
     from .api import create_router
-    host = WebUIHost()
-    data_dir = data_dir or os.environ.get(DATA_DIR_ENV) or os.path.join(EXT_ROOT, "data")
-    session = Session(host, data_dir, read_settings(),
-                      settings_source=read_settings)
+    session = session_of_loaded_model()
+    if session is None:
+        host = WebUIHost()
+        data_dir = data_dir or os.environ.get(DATA_DIR_ENV) or os.path.join(EXT_ROOT, "data")
+        session = Session(host, data_dir, read_settings(), settings_source=read_settings)
+        host.session = session
 
     def on_model_loaded(sd_model):
         if session.busy:
             return      # our own load of model A inside merge_live
         session.model_changed()
-        host.forget()
+        session.host.forget()
 
     script_callbacks.on_ui_settings(add_settings)
     script_callbacks.on_before_ui(lambda: register_axes(session))

@@ -131,12 +131,14 @@ def run_cell(session, p):
     return report
 
 
-def finish_grid(session, before) -> str | None:
-    """After a grid: with the setting on, put back what was loaded before it (`before`: the live
-    recipe before the grid, or None = the original model)."""
+def finish_grid(session, before, restore: bool | None = None) -> str | None:
+    """After a grid: with the setting on (or `restore`, a per-request override, when not None), put
+    back what was loaded before it (`before`: the live recipe before the grid, or None = the
+    original model)."""
     touched = getattr(session, "xyz_touched", False)
     session.xyz_touched = False
-    if not touched or not session.settings.restore_after_xyz:
+    wanted = session.settings.restore_after_xyz if restore is None else bool(restore)
+    if not touched or not wanted:
         return None
     if before is not None:
         session.merge_live(before)

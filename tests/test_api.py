@@ -29,6 +29,7 @@ def test_merge_status_save_restore(tmp_path):
     assert (w.models / "saved.safetensors").exists()
     r = c.post("/alloy/v1/save", json={"name": "saved"})
     assert r.status_code == 400 and "exists" in r.json()["detail"]
+    assert '"overwrite": true' in r.json()["detail"]          # the API's word, not the CLI's --overwrite
     r = c.post("/alloy/v1/merge", json={"recipe": {"model_a": "A.safetensors", "model_b": "C.safetensors"},
                                         "target": "file", "name": "f1", "dtype": "fp32"})
     assert r.status_code == 200 and r.json()["path"].endswith("f1.safetensors")

@@ -49,9 +49,9 @@ def test_script_registers_every_callback_and_settings(tmp_path):
 
 
 def test_infotext_checkpoint_info_and_model_change(tmp_path):
-    from modules import processing, scripts
     from merger.recipe import Recipe
     w = make_world(tmp_path)
+    from modules import processing, scripts
     cls = _load_script().AlloyScript
     w.scripts.scripts_data.append(w.scripts.ScriptClassData(cls, "alloy.py", str(ROOT), None))
     session = cls.alloy_session
@@ -80,3 +80,27 @@ def test_install_and_metadata_files():
     text = (ROOT / "install.py").read_text()
     assert "launch.is_installed" in text and "torch" not in text.split('"""')[2]
     assert "[Extension]" in (ROOT / "metadata.ini").read_text()
+
+
+def test_reload_ui_keeps_the_live_merge(tmp_path):
+    """"Reload UI" re-runs scripts/alloy.py (callbacks cleared) while the merged model stays loaded:
+    the new registration must still know the merge, so Restore gives the original back."""
+    from merger.recipe import Recipe
+    from tests.webui_standin.harness import diff_keys, snapshot
+    w = make_world(tmp_path)
+    from modules import processing, scripts
+    orig = snapshot(w.model)
+    real = w.model.sd_checkpoint_info
+    first = _load_script().AlloyScript.alloy_session
+    first.merge_live(Recipe(model_a="A.safetensors", model_b="B.safetensors", alpha=0.25))
+    w.callbacks.clear_callbacks()
+    cls = _load_script().AlloyScript                      # the reload
+    session = cls.alloy_session
+    assert session.status()["merged"] and session.status()["hash"] == first.live.recipe.short_hash()
+    w.scripts.scripts_data.append(w.scripts.ScriptClassData(cls, "alloy.py", str(ROOT), None))
+    p = processing.StableDiffusionProcessing(scripts_runner=scripts.ScriptRunner())
+    assert "Alloy hash" in processing.process_images(p).infotexts[0]
+    session.restore()
+    assert not diff_keys(orig, snapshot(w.model))
+    assert w.model.sd_checkpoint_info is real
+    assert len(w.callbacks.callback_map["callbacks_model_loaded"]) == 1

@@ -75,8 +75,8 @@ def _odd_checkpoint(path):
 def test_a_failing_cell_stops_the_grid_instead_of_generating_unmerged_cells(tmp_path):
     """The real WebUI only logs a before_process error and goes on: the cell (and every later one)
     would be generated with the previous weights under the cell's label."""
-    from modules import processing, scripts
     w, session, grid, labels = _setup(tmp_path)
+    from modules import processing, scripts
     w.shared.opts.data["alloy_restore_after_xyz"] = False
     _odd_checkpoint(w.models / "D.safetensors")
     w.sd_models.list_models()
@@ -98,3 +98,18 @@ def test_grid_is_refused_before_it_starts_when_the_base_model_is_unknown(tmp_pat
     with pytest.raises(AlloyError, match="not in the WebUI's list"):
         _run(w, grid, labels.index("[Alloy] Alpha"), "0.2,0.4", labels.index("Seed"), "1")
     assert _merges(session) == 0
+
+
+@pytest.mark.parametrize("override", [False, True])
+def test_api_override_of_the_restore_setting_applies_to_the_grid(tmp_path, override):
+    """The WebUI applies override_settings only inside each cell's generation and puts them back
+    after it; the grid's end must still honour `alloy_restore_after_xyz` from the request."""
+    w, session, grid, labels = _setup(tmp_path)
+    from modules import processing, scripts
+    w.shared.opts.data["alloy_restore_after_xyz"] = not override
+    p = processing.StableDiffusionProcessing(seed=1, scripts_runner=scripts.ScriptRunner())
+    p.override_settings = {"alloy_restore_after_xyz": override}
+    grid.run(p, labels.index("[Alloy] Alpha"), "0.2,0.6", labels.index("Seed"), "1")
+    assert _merges(session) == 2
+    assert (session.live is None or session.live.recipe is None) is override
+    assert w.shared.opts.data["alloy_restore_after_xyz"] is (not override)     # put back after each cell

@@ -1,6 +1,7 @@
 """Models, mode/calc, ratios, options, the merge/restore/save buttons and the status line."""
 from __future__ import annotations
 
+import contextlib
 import os
 
 import gradio as gr
@@ -64,6 +65,12 @@ def _check_overwrite(ctx: TabContext, name: str, overwrite: bool) -> None:
         raise AlloyError(f"{path} exists; tick 'Overwrite an existing file' to replace it.")
 
 
+def _job(ctx: TabContext, title: str):
+    """The session's exclusive job (the WebUI's generation queue); nothing for sessions without one."""
+    job = getattr(ctx.session, "job", None)
+    return job(title) if job is not None else contextlib.nullcontext()
+
+
 def _after_merge(ctx: TabContext, report) -> dict:
     out = {"status": report.message()}
     recipe = getattr(report, "recipe", None)
@@ -77,15 +84,17 @@ def _after_merge(ctx: TabContext, report) -> dict:
 def on_merge(ctx: TabContext, f: dict, progress=None) -> dict:
     """Merge into the loaded model (WebUI)."""
     recipe = fl.recipe_from_fields(f)
-    return _after_merge(ctx, ctx.session.merge_live(recipe, progress=progress))
+    with _job(ctx, "Alloy merge"):
+        return _after_merge(ctx, ctx.session.merge_live(recipe, progress=progress))
 
 
 def on_merge_to_file(ctx: TabContext, f: dict, progress=None) -> dict:
     """Merge to `out_name` (in the models folder unless a path); refuses to overwrite unless asked."""
     recipe = fl.recipe_from_fields(f)
     _check_overwrite(ctx, _out_name(f), bool(f.get("overwrite")))
-    report = ctx.session.merge_to_file(recipe, _out_name(f), overwrite=bool(f.get("overwrite")),
-                                       progress=progress)
+    with _job(ctx, "Alloy merge to file"):
+        report = ctx.session.merge_to_file(recipe, _out_name(f), overwrite=bool(f.get("overwrite")),
+                                           progress=progress)
     out = _after_merge(ctx, report)
     out.update(on_refresh(ctx, f))
     return out
@@ -94,16 +103,19 @@ def on_merge_to_file(ctx: TabContext, f: dict, progress=None) -> dict:
 def on_save(ctx: TabContext, f: dict) -> dict:
     """Save the live merged model as a file."""
     _check_overwrite(ctx, _out_name(f), bool(f.get("overwrite")))
-    report = ctx.session.save_live(_out_name(f), dtype=f.get("dtype") or "fp16", prune=bool(f.get("prune")),
-                                   bake_vae=(f.get("bake_vae") or "").strip() or None,
-                                   overwrite=bool(f.get("overwrite")))
+    with _job(ctx, "Alloy save"):
+        report = ctx.session.save_live(_out_name(f), dtype=f.get("dtype") or "fp16",
+                                       prune=bool(f.get("prune")),
+                                       bake_vae=(f.get("bake_vae") or "").strip() or None,
+                                       overwrite=bool(f.get("overwrite")))
     out = {"status": report.message() if hasattr(report, "message") else str(report)}
     out.update(on_refresh(ctx, f))
     return out
 
 
 def on_restore(ctx: TabContext, f: dict) -> dict:
-    return {"status": ctx.session.restore() or "Restored the original model."}
+    with _job(ctx, "Alloy restore"):
+        return {"status": ctx.session.restore() or "Restored the original model."}
 
 
 def on_draft(ctx: TabContext, f: dict) -> dict:

@@ -36,8 +36,19 @@ def create_infotext(p):
 
 
 def process_images(p):
+    """Like the WebUI: before_process runs before override_settings are applied, and the overridden
+    options are put back after this one generation (override_settings_restore_afterwards)."""
     if p.scripts is not None:
         p.scripts.before_process(p)
+    stored = {k: shared.opts.data[k] for k in p.override_settings if k in shared.opts.data}
+    try:
+        return _process_images(p)
+    finally:
+        for k, v in stored.items():
+            setattr(shared.opts, k, v)
+
+
+def _process_images(p):
     if sd_models.checkpoint_aliases.get(p.override_settings.get("sd_model_checkpoint")) is None:
         p.override_settings.pop("sd_model_checkpoint", None)
         sd_models.reload_model_weights()

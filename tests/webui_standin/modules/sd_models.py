@@ -1,8 +1,9 @@
 """Stand-in of modules.sd_models (v1.10.1 semantics that Alloy relies on):
 CheckpointInfo / checkpoints_list / aliases, select_checkpoint, load_model,
 reload_model_weights (no-op when the same file is loaded), and load_model_weights with the
-WebUI's precision handling (and the text-encoder hijack, see sd_hijack.py): half() unless --no-half (VAE kept with --no-half-vae), fp8 storage
-of Linear/Conv2d weights outside the VAE (optionally caching fp16 copies), VAE to dtype_vae."""
+WebUI's precision handling: half() unless --no-half (VAE kept with --no-half-vae), fp8 storage
+of Linear/Conv2d weights outside the VAE (optionally caching fp16 copies), VAE to dtype_vae;
+then the text-encoder hijack (sd_hijack.py), undone before a reload."""
 import copy
 import hashlib
 import os
