@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from .engine import Report, execute
 from .errors import AlloyError
-from .io import legacy_hash, sha256_file
+from .io import HashCache, legacy_hash, sha256_file
 from .io.writer import check_target
 from .metadata import merge_metadata
 from .plan import build_plan, open_sources
@@ -24,7 +24,8 @@ def check_output_path(out_path: str, overwrite: bool) -> str:
 
 
 def _hash_jobs(pool, sources):
-    return {slot: (pool.submit(sha256_file, src.path), pool.submit(legacy_hash, src.path))
+    cache = HashCache.default()
+    return {slot: (pool.submit(sha256_file, src.path, cache), pool.submit(legacy_hash, src.path))
             for slot, src in sources.items()}
 
 

@@ -233,3 +233,11 @@ def test_compute_fp64_and_keep_dtype(sd1, tmp_path):
     k = "model.diffusion_model.input_blocks.4.1.proj_out.weight"
     assert R[k].dtype == torch.float16
     assert torch.equal(R[k], _lerp64(A[k], B[k], 0.37).to(torch.float16))
+
+
+def test_input_hashes_are_cached_per_user(sd1, tmp_path, monkeypatch):
+    a, b, _ = sd1
+    monkeypatch.setenv("ALLOY_CACHE_DIR", str(tmp_path / "cache"))
+    rep = merge_to_file(Recipe(str(a), str(b)), str(tmp_path / "o.safetensors"), device="cpu")
+    cached = json.loads((tmp_path / "cache" / "hashes.json").read_text())
+    assert {v["sha256"] for v in cached.values()} == {rep.recipe.hashes["a"], rep.recipe.hashes["b"]}

@@ -63,6 +63,19 @@ class HashCache:
             return {}
         return data if isinstance(data, dict) else {}
 
+    @classmethod
+    def default(cls) -> "HashCache":
+        """The per-user cache: $ALLOY_CACHE_DIR/hashes.json, else ~/.cache/alloy/hashes.json
+        (in memory only when that folder cannot be made). Hashing a 2 GB file takes seconds;
+        like the WebUI's own hash cache, this makes it once per file version."""
+        folder = os.environ.get("ALLOY_CACHE_DIR") or os.path.join(
+            os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "alloy")
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError:
+            return cls(None)
+        return cls(os.path.join(folder, "hashes.json"))
+
     def get(self, real: str, size: int, mtime_ns: int) -> str | None:
         with self._lock:
             row = self._data.get(real)

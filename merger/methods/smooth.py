@@ -12,7 +12,6 @@ NaN in the difference spreads to its neighbourhood.
 from __future__ import annotations
 
 import numpy as np
-import scipy.ndimage
 import torch
 
 from .base import KeyContext
@@ -20,6 +19,8 @@ from .base import KeyContext
 
 def smooth_difference(d: torch.Tensor) -> torch.Tensor:
     """median_filter(size=3) then gaussian_filter(sigma=1) of `d`, on CPU in float32 (a new CPU tensor)."""
+    import scipy.ndimage  # imported on first use: it costs every CLI start 0.2 s otherwise
+
     x = d.detach().to("cpu", torch.float32).contiguous().numpy()
     x = scipy.ndimage.median_filter(x, size=3)
     x = scipy.ndimage.gaussian_filter(x, sigma=1)
