@@ -147,7 +147,12 @@ class SourceCache:
 
 
 class CachedSource:
-    """`merger.io.Source` interface over a SourceCache entry."""
+    """`merger.io.Source` interface over a SourceCache entry.
+
+    `shared_tensors`: read() without a buffer returns the cached tensor itself (never to be
+    modified), so readers should not pass buffers: that would only add a copy."""
+
+    shared_tensors = True
 
     def __init__(self, cache: SourceCache, fid: FileId, src, path: str, label: str):
         self._cache, self._src, self.fid = cache, src, fid

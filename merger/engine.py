@@ -98,7 +98,7 @@ def _needed_slots(plan: Plan, kp: KeyPlan) -> tuple:
 def _read(plan: Plan, sources: dict, kp: KeyPlan, bufs: dict) -> dict:
     out = {}
     for slot in _needed_slots(plan, kp):
-        out[slot] = sources[slot].read(kp.key, bufs.get(slot))
+        out[slot] = sources[slot].read(kp.key, bufs.get(slot))  # no buffer for shared in-memory sources
     if kp.action == "vae":
         vsrc, vkey = plan.vae[kp.key]
         out["v"] = vsrc.read(vkey)
@@ -188,10 +188,12 @@ def _prepass(plan: Plan, sources: dict, device, progress, should_stop) -> None:
 
 
 def _sizes(plan: Plan, sources: dict, work: list) -> dict:
-    sizes = {s: 0 for s in SLOTS if s in sources}
+    """Read-buffer size per source slot (none for sources that hand out shared tensors)."""
+    sizes = {s: 0 for s in SLOTS if s in sources and not getattr(sources[s], "shared_tensors", False)}
     for kp in work:
         for slot in _needed_slots(plan, kp):
-            sizes[slot] = max(sizes[slot], sources[slot].info(kp.key).nbytes)
+            if slot in sizes:
+                sizes[slot] = max(sizes[slot], sources[slot].info(kp.key).nbytes)
     return sizes
 
 
