@@ -1,19 +1,7 @@
 """REST API routes with FastAPI's TestClient against the stand-in WebUI."""
-from fastapi import FastAPI
-from fastapi.testclient import TestClient
+from tests.webui_standin.harness import api_world, diff_keys, snapshot
 
-from tests.webui_standin.harness import diff_keys, make_world, snapshot
-
-
-def _client(tmp_path):
-    from merger.api import create_router
-    from merger.session import Session
-    from merger.webui import WebUIHost
-    w = make_world(tmp_path)
-    s = Session(WebUIHost(), str(tmp_path / "data"))
-    app = FastAPI()
-    app.include_router(create_router(s))
-    return w, s, TestClient(app)
+_client = api_world
 
 
 def test_merge_status_save_restore(tmp_path):

@@ -3,23 +3,12 @@ under a running generation) and begin a job (a stale Interrupt does not stop the
 which merge inside a generation that holds the queue, must not wait for it."""
 import threading
 
-from fastapi import FastAPI
-from fastapi.testclient import TestClient
-
-from tests.webui_standin.harness import diff_keys, make_world, snapshot
+from tests.webui_standin.harness import api_world, diff_keys, make_world, snapshot
 
 MERGE = {"recipe": {"model_a": "A.safetensors", "model_b": "B.safetensors", "alpha": 0.4}}
 
 
-def _client(tmp_path):
-    from merger.api import create_router
-    from merger.session import Session
-    from merger.webui import WebUIHost
-    w = make_world(tmp_path)
-    s = Session(WebUIHost(), str(tmp_path / "data"))
-    app = FastAPI()
-    app.include_router(create_router(s))
-    return w, s, TestClient(app)
+_client = api_world
 
 
 def test_a_stale_interrupt_does_not_stop_the_next_merge(tmp_path):

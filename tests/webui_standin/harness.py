@@ -106,3 +106,18 @@ def same_bits(x: torch.Tensor, y: torch.Tensor) -> bool:
 
 def diff_keys(s1: dict, s2: dict) -> set:
     return {k for k in s1 if not same_bits(s1[k], s2[k])}
+
+
+def api_world(tmp_path):
+    """A fresh stand-in world, a Session on the WebUI host and a TestClient over its REST API."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from merger.api import create_router
+    from merger.session import Session
+    from merger.webui import WebUIHost
+    w = make_world(tmp_path)
+    s = Session(WebUIHost(), str(tmp_path / "data"))
+    app = FastAPI()
+    app.include_router(create_router(s))
+    return w, s, TestClient(app)
