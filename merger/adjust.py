@@ -9,13 +9,13 @@ colour table below. Not available for Flux.
 """
 from __future__ import annotations
 
-import math
 from types import MappingProxyType
 
 import torch
 
 from .arch import Arch
 from .errors import AlloyError
+from .parsing import finite_float
 
 FIELDS = ("IN", "OUT", "OUT2", "CONT", "BRI", "COL1", "COL2", "COL3")
 
@@ -35,15 +35,7 @@ def parse_adjust(text: str | None) -> tuple[float, ...] | None:
     parts = [p.strip() for p in s.split(",")]
     if len(parts) != len(FIELDS):
         raise AlloyError(f"Adjust needs exactly 8 numbers ({','.join(FIELDS)}), got {len(parts)}.")
-    values = []
-    for name, p in zip(FIELDS, parts):
-        try:
-            v = float(p)
-        except ValueError:
-            raise AlloyError(f"Adjust value {name} ('{p}') is not a number.") from None
-        if not math.isfinite(v):
-            raise AlloyError(f"Adjust value {name} ('{p}') is not a finite number.")
-        values.append(v)
+    values = [finite_float(p, f"Adjust value {name}") for name, p in zip(FIELDS, parts)]
     return None if all(v == 0 for v in values) else tuple(values)
 
 

@@ -28,6 +28,7 @@ from typing import Callable, Mapping
 
 from .arch import Arch, sdxl_26_to_20
 from .errors import AlloyError
+from .parsing import finite_float
 
 _N = 25                      # UNet blocks in the SD 26-list
 _SD_IDS = tuple(f"IN{i:02d}" for i in range(12)) + ("M00",) + tuple(f"OUT{i:02d}" for i in range(12))
@@ -139,13 +140,7 @@ def _parse_values(text: str, path: str, lineno: int, name: str) -> tuple[float, 
     for pos, tok in enumerate((t.strip() for t in text.split(",")), start=1):
         if tok.upper() in _RANDOM_TOKENS or tok[:2].upper() in ("R(", "U(", "X("):
             return "random values (R/U/X) are not supported"
-        try:
-            v = float(tok)
-        except ValueError:
-            raise AlloyError(f"{path} line {lineno}: preset {name} value {pos} ('{tok}') is not a number.") from None
-        if not math.isfinite(v):
-            raise AlloyError(f"{path} line {lineno}: preset {name} value {pos} is not finite.")
-        vals.append(v)
+        vals.append(finite_float(tok, f"{path} line {lineno}: preset {name} value {pos}"))
     if len(vals) not in LENGTH_FAMILIES:
         return f"{len(vals)} values (20, 26 or 61 are usable)"
     return tuple(vals)

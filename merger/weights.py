@@ -9,7 +9,6 @@ Ratio of a key (``RatioResolver.ratios``), in order:
 """
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 
@@ -17,6 +16,7 @@ from .adjust import parse_adjust, validate_adjust
 from .arch import Arch, sdxl_26_to_20
 from .elemental import Elemental, expand_blocks, parse_elemental
 from .errors import AlloyError
+from .parsing import finite_float
 from .presets import Presets
 
 _SEP = re.compile(r"[\s,]+")
@@ -44,15 +44,7 @@ def parse_block_list(text: str | None, arch: Arch, presets: Presets | None = Non
             float(tokens[0])
         except ValueError:
             presets.raw(s)            # raises "Unknown block-weight preset …" with close matches
-    values: list[float] = []
-    for pos, tok in enumerate(tokens, start=1):
-        try:
-            v = float(tok)
-        except ValueError:
-            raise AlloyError(f"{what} block list value {pos} ('{tok}') is not a number.") from None
-        if not math.isfinite(v):
-            raise AlloyError(f"{what} block list value {pos} ('{tok}') is not a finite number.")
-        values.append(v)
+    values = [finite_float(tok, f"{what} block list value {pos}") for pos, tok in enumerate(tokens, start=1)]
     lengths = _accepted_lengths(arch)
     if len(values) not in lengths:
         need = " (or 26)" if arch.name == "sdxl" else ""

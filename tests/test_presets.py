@@ -120,7 +120,7 @@ def test_user_file(tmp_path):
     ("BAD\t0.1,zz", r"line 2: preset BAD value 2 \('zz'\) is not a number"),
     ("no separator here", "line 2: expected"),
     ("\t0.1,0.2", "line 2: the preset has no valid name"),
-    ("NANS\tnan," + ",".join(["0"] * 25), "line 2: preset NANS value 1 is not finite"),
+    ("NANS\tnan," + ",".join(["0"] * 25), r"line 2: preset NANS value 1 \('nan'\) is not a finite number"),
 ])
 def test_bad_user_lines_name_file_and_line(tmp_path, line, match):
     f = tmp_path / "p.txt"
