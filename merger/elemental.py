@@ -15,12 +15,12 @@ the key only, not against "key + block name" as SuperMerger did.
 """
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 
 from .arch import Arch
 from .errors import AlloyError
+from .parsing import finite_float
 
 _SPLIT = re.compile(r"[,\n]")
 _RANDOM = re.compile(r"^[RUX](\(.*)?$", re.IGNORECASE)
@@ -51,13 +51,7 @@ def parse_ratio(text: str, where: str) -> float:
     s = text.strip()
     if _RANDOM.match(s):
         raise AlloyError(f"{where}: random ratios (R/U/X) are not supported; give a number.")
-    try:
-        v = float(s)
-    except ValueError:
-        raise AlloyError(f"{where}: ratio '{s}' is not a number.") from None
-    if not math.isfinite(v):
-        raise AlloyError(f"{where}: ratio '{s}' is not a finite number.")
-    return v
+    return finite_float(s, f"{where}: ratio")
 
 
 @dataclass(frozen=True)

@@ -162,8 +162,9 @@ def build_plan(recipe: Recipe, sources: dict, *, presets: Presets | None = None)
     items: list[KeyPlan] = []
     for key in src_a.keys():
         ia = src_a.info(key)
-        block = arch.block_of(key) if ia.dtype.is_floating_point else None
-        out = _out_dtype(recipe, ia.dtype, key, arch.block_of(key))
+        mapped = arch.block_of(key)
+        block = mapped if ia.dtype.is_floating_point else None
+        out = _out_dtype(recipe, ia.dtype, key, mapped)
         kp = KeyPlan(key, "keep_a", tuple(ia.shape), out, block=block)
         items.append(kp)
         if block is None or key not in src_b:

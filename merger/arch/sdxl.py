@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import re
 
-from .common import SD_UNET_ROOTS, UNET_PREFIX, block_index, canonical, has_weight_or_bias
+from .common import UNET_PREFIX, block_index, has_weight_or_bias
 from .sd import ADJUST_KEYS as _SD_ADJUST_KEYS
+from .sd import canonical_key  # same bare-UNet key rule as SD1/SD2
 
 BLOCK_IDS = ("BASE",) + tuple(f"IN{i:02d}" for i in range(9)) + ("M00",) + tuple(f"OUT{i:02d}" for i in range(9))
 
@@ -25,10 +26,6 @@ _TEXT_PREFIXES = ("conditioner.embedders.0.", "conditioner.embedders.1.")
 
 ADJUST_KEYS = dict(_SD_ADJUST_KEYS)
 POSITION_IDS = ("conditioner.embedders.0.transformer.text_model.embeddings.position_ids",)
-
-
-def canonical_key(key: str) -> str:
-    return canonical(key, SD_UNET_ROOTS)
 
 
 def block_of(key: str) -> str | None:
