@@ -5,7 +5,7 @@ SuperMerger use (both state dicts fully in memory, one fresh buffer per operatio
     out[k] = fp16((1 - α_block(k)) · fp32(A[k]) + α_block(k) · fp32(B[k]))   for float tensors
     out[k] = A[k]                                                           otherwise / unmapped keys
 
-Block of a key (SuperMerger rules, docs in ../shared/reference/supermerger-spec.md §5.3):
+Block of a key (SuperMerger rules, as in merger/arch/sd.py and sdxl.py):
 SD1 (26 values: BASE, IN00…IN11, M00, OUT00…OUT11): `time_embed` and `.out.` → OUT11,
 `.input_blocks.N.` → IN(N), `.middle_block.` → M00, `.output_blocks.N.` → OUT(N), anything else → BASE.
 SDXL (20 values: BASE, IN00…IN08, M00, OUT00…OUT08): no weight/bias in the key → not merged,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,7 +21,6 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests" / "webui_standin"))
 
@@ -72,10 +70,10 @@ def make_files(work: Path, small: bool) -> tuple[str, str]:
             if not p.exists():
                 tinysd.write_checkpoint(p, seed, torch.float32, entries)
         return str(a), str(b)
+    from merger import synth
     for p, seed in ((a, 1), (b, 2)):
-        if not p.exists():
-            subprocess.run([sys.executable, str(SHARED / "tools" / "synth_ckpt.py"), "--arch", "sd1",
-                            "--seed", str(seed), "--dtype", "fp32", "--out", str(p)], check=True)
+        if not synth.matches(p, "sd1", seed=seed, dtype="fp32"):
+            synth.write(p, "sd1", seed=seed, dtype="fp32", overwrite=True)
     return str(a), str(b)
 
 

@@ -10,7 +10,6 @@ Prints both times and overall relative Frobenius errors (they must agree).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -25,12 +24,9 @@ from merger.lora.formats import build_modules
 from merger.lora.merge import merge_svd
 from merger.lora.synth import lora_for_checkpoint
 
-LAYOUT = Path(__file__).resolve().parents[2] / "shared" / "layouts" / "sdxl.json"
-
-
 def sdxl_shapes() -> dict[str, tuple]:
-    d = json.loads(LAYOUT.read_text())
-    return {t[0]: tuple(t[1]) for t in d["tensors"] if t[5] == 1}
+    from merger import layouts
+    return layouts.shapes("sdxl")
 
 
 def make_modules(small: bool):

@@ -2,7 +2,7 @@
 """Checkpoint-merge benchmark: our CLI vs sd-mecha vs a load-everything merge vs the I/O floor.
 
 For each architecture (SD1.5 and/or SDXL) it makes two full-size fp16 checkpoints with
-../shared/tools/synth_ckpt.py, then times a weight sum with block weights (26 values for SD1.5,
+`python -m merger.synth` (real key layouts and shapes, seeded values), then times a weight sum with block weights (26 values for SD1.5,
 20 for SDXL) to fp16 with each tool under `/usr/bin/time -v` (wall time and peak RSS), the page
 cache warmed with both inputs before every run. The I/O floor is reading both inputs (warm cache)
 plus writing and fsyncing a file of the output's size:  floor = read s + write s.
@@ -28,9 +28,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-SHARED = REPO.parent / "shared"
-SYNTH = SHARED / "tools" / "synth_ckpt.py"
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(REPO))
+from merger import synth  # noqa: E402
 from bench_verify import compare_files  # noqa: E402
 
 GIB = 2**30
@@ -144,24 +144,15 @@ def write_floor(path: Path, size: int) -> float:
     return secs
 
 
-def expected_size(arch: str) -> int:
-    """File size synth_ckpt.py will write (parsed from its --list summary)."""
-    out = subprocess.run([sys.executable, str(SYNTH), "--arch", arch, "--list"], capture_output=True, text=True,
-                         check=True)
-    return int(re.search(r"file_bytes=([\d,]+)", out.stderr).group(1).replace(",", ""))
-
-
 def ensure_checkpoints(arch: str, ckpt_dir: Path, keep: bool) -> tuple[Path, Path]:
-    """A (seed 1) and B (seed 2), fp16; reused with --keep when their size is right."""
+    """A (seed 1) and B (seed 2), fp16; reused with --keep when they are the files synth would write."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    size = expected_size(arch)
     paths = []
     for name, seed in (("A", 1), ("B", 2)):
         p = ckpt_dir / f"{arch}_{name}.safetensors"
-        if not (keep and p.exists() and p.stat().st_size == size):
-            print(f"[{arch}] generating {p} ({size / GIB:.2f} GiB) …", flush=True)
-            subprocess.run([sys.executable, str(SYNTH), "--arch", arch, "--seed", str(seed), "--dtype", "fp16",
-                            "--quiet", "--out", str(p)], check=True)
+        if not (keep and synth.matches(p, arch, seed=seed)):
+            print(f"[{arch}] generating {p} …", flush=True)
+            synth.write(p, arch, seed=seed, dtype="fp16", overwrite=True)
         paths.append(p)
     return paths[0], paths[1]
 
@@ -329,8 +320,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 def check_env(args) -> None:
     if not Path("/usr/bin/time").exists():
         sys.exit("/usr/bin/time is missing: install GNU time (Debian: apt-get install time)")
-    if not SYNTH.exists():
-        sys.exit(f"{SYNTH} is missing: the benchmark needs ../shared beside the repository")
     if "sd-mecha" in args.tools and not Path(args.mecha_python).exists():
         sys.exit(f"{args.mecha_python} is missing: run `bash benchmarks/setup_mecha_venv.sh` or pass --skip-mecha")
 

@@ -187,7 +187,12 @@ def dispatch(a) -> int:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["ui"]:  # the standalone app parses its own options
-        from .ui.standalone import main as ui_main
+        try:
+            from .ui.standalone import main as ui_main
+        except ImportError as e:
+            print(f"error: the standalone app needs the UI packages ({e.name} is missing): "
+                  "pip install -r requirements-ui.txt -c constraints-webui.txt, or run make demo.", file=sys.stderr)
+            return EXIT_ERROR
         return ui_main(argv[1:]) or 0
     parser = build_parser()
     a = parser.parse_args(argv)

@@ -1,22 +1,21 @@
-"""Tiny checkpoints with real key names (from ../shared/layouts) and reduced shapes, for tests."""
+"""Tiny checkpoints with real key names (from merger/layouts) and reduced shapes, for tests."""
 from __future__ import annotations
 
 import hashlib
-import json
 from functools import lru_cache
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-LAYOUTS = SHARED / "layouts"
+from merger import layouts
+
 KEEP_DIMS = {"position_ids"}
 
 
 @lru_cache(maxsize=None)
 def layout_rows(arch: str) -> tuple:
-    return tuple(json.loads((LAYOUTS / f"{arch}.json").read_text())["tensors"])
+    return tuple(layouts.load(arch)["tensors"])
 
 
 def layout_keys(arch: str, default_only: bool = True, bare: bool = False) -> list[tuple[str, tuple, str]]:

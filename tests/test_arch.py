@@ -1,20 +1,18 @@
-"""Architecture detection and key → block mapping against the real key layouts in ../shared/layouts."""
+"""Architecture detection and key → block mapping against the real key layouts in merger/layouts."""
 from __future__ import annotations
 
-import json
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
+from merger import layouts
 from merger.arch import FLUX, SD1, SD2, SDXL, check_same_arch, detect, get_arch, key_prefix, sdxl_26_to_20
 from merger.errors import AlloyError
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
 def _rows(name: str) -> list[list]:
-    return json.loads((SHARED / "layouts" / f"{name}.json").read_text())["tensors"]
+    return layouts.load(name)["tensors"]
 
 
 def _keys(name: str) -> list[str]:

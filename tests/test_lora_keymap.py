@@ -1,18 +1,16 @@
 """Kohya name <-> checkpoint key mapping over the real SD1 / SDXL / Flux key lists."""
-import json
-from pathlib import Path
 
 import pytest
+
+from merger import layouts
 
 from merger.arch import get_arch
 from merger.lora.keymap import Target, build_index, checkpoint_target, kohya_names, kohya_target_kind, lora_arch
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
 def layout(arch):
-    d = json.loads((SHARED / "layouts" / f"{arch}.json").read_text())
-    return {t[0]: tuple(t[1]) for t in d["tensors"] if t[5] == 1}
+    return {r.key: r.shape for r in layouts.rows(arch) if r.default}
 
 
 @pytest.mark.parametrize("arch", ["sd1", "sdxl", "flux"])

@@ -1,20 +1,19 @@
 """Tiny SD1 checkpoints for the UI tests: the real SD1.5 key names, every dimension cut to ≤ 4."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+from merger import layouts
+
 DTYPES = {"F32": torch.float32, "F16": torch.float16, "I64": torch.int64, "I32": torch.int32}
 
 
 def sd1_layout() -> list[tuple[str, list[int], str]]:
     """(key, shape, dtype) of the keys a real SD1.5 single file holds."""
-    data = json.loads((SHARED / "layouts" / "sd1.json").read_text())
-    return [(t[0], t[1], t[2]) for t in data["tensors"] if t[5]]
+    return [(r.key, list(r.shape), r.dtype) for r in layouts.rows("sd1") if r.default]
 
 
 def write_tiny_sd1(path, seed: int, metadata: dict | None = None, dtype=torch.float16) -> Path:

@@ -138,9 +138,11 @@ def on_stop(ctx: TabContext, f: dict) -> dict:
 # ---- layout ---------------------------------------------------------------------------------
 def build_models(ui: Ui, ctx: TabContext) -> None:
     names = ctx.model_names()
+    # The standalone app starts with its first two models picked, so Merge to file works at once.
+    first = dict(zip("ab", names)) if not ctx.live and len(names) >= 2 else {}
     with gr.Row(elem_id="alloy_models_row"):
         for slot in ("a", "b", "c"):
-            ui.add(f"model_{slot}", gr.Dropdown(names, value=None, label=f"Model {slot.upper()}",
+            ui.add(f"model_{slot}", gr.Dropdown(names, value=first.get(slot), label=f"Model {slot.upper()}",
                                                elem_id=f"alloy_model_{slot}", allow_custom_value=True,
                                                visible=slot != "c", scale=4))
         ui.add("refresh", gr.Button("↻", elem_id="alloy_refresh", elem_classes=["alloy-tool"],
@@ -194,6 +196,7 @@ def build_actions(ui: Ui, ctx: TabContext) -> None:
     with gr.Group(elem_id="alloy_save_group"):
         with gr.Row():
             ui.add("out_name", gr.Textbox(label="File name (in the models folder)", placeholder="merged",
+                                          value=None if ctx.live else "merged",
                                           elem_id="alloy_out_name", scale=3))
             ui.add("dtype", gr.Radio(list(fl.OUT_DTYPES), value="fp16", label="Precision",
                                      elem_id="alloy_dtype", scale=2))

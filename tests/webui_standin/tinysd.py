@@ -1,16 +1,13 @@
-"""A real torch module tree with the SD1.5 checkpoint keys (from ../shared/layouts/sd1.json) and
+"""A real torch module tree with the SD1.5 checkpoint keys (from merger/layouts) and
 tiny shapes, plus writers of matching tiny .safetensors files. 2-D weights are nn.Linear and 4-D
 weights nn.Conv2d (so the Lora stand-in and the fp8 option treat them as the WebUI does)."""
 from __future__ import annotations
 
 import hashlib
-import json
-from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
-SHARED = Path(__file__).resolve().parents[3] / "shared"
 ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64}
 
 
@@ -21,7 +18,8 @@ def tiny_shape(shape) -> tuple:
 
 def layout(arch: str = "sd1", full: bool = False) -> list[tuple[str, tuple, torch.dtype, str]]:
     """(key, shape, native dtype, component) of the default single-file checkpoint."""
-    d = json.loads((SHARED / "layouts" / f"{arch}.json").read_text())
+    from merger import layouts
+    d = layouts.load(arch)
     out = []
     for row in d["tensors"]:
         key, shape, dt, comp = row[0], row[1], row[2], row[3]
