@@ -4,64 +4,40 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
-import os
+import ntpath
 from dataclasses import dataclass, field
 
 from .errors import AlloyError
+from .modes import (CALCS, MODE_LABELS, MODES, MODES_NEEDING_C, effective_mode,  # noqa: F401 (re-exported)
+                    normalize_calc, normalize_mode)
+from .schema import Flag, Hashes, Number, Text, check_object
 
-MODES = ("weight_sum", "add_difference", "triple_sum", "sum_twice")
-CALCS = ("normal", "cosineA", "cosineB", "trainDifference", "smoothAdd", "extract", "tensor", "tensor2", "self")
 DTYPES = ("fp16", "bf16", "fp32", "keep")
 COMPUTE_DTYPES = ("fp32", "fp64")
-
-MODE_LABELS = {
-    "weight_sum": "Weight sum",
-    "add_difference": "Add difference",
-    "triple_sum": "Triple sum",
-    "sum_twice": "sum Twice",
-}
-MODES_NEEDING_C = ("add_difference", "triple_sum", "sum_twice")
 RECIPE_TYPE = "alloy-merge"
 RECIPE_VERSION = 1
+RATIO_LIMIT = 100.0           # |alpha|, |beta|, |gamma|: SuperMerger's sliders span about -1..2
+SEED_RANGE = (-(1 << 63), (1 << 64) - 1)
+MAX_RECIPE_BYTES = 16 << 20
+MODEL_SLOTS = {"a": "model_a", "b": "model_b", "c": "model_c", "vae": "bake_vae"}
 
-
-def _squash(s: str) -> str:
-    return "".join(ch for ch in str(s).lower() if ch.isalnum())
-
-
-_MODE_ALIASES = {_squash(m): m for m in MODES}
-_MODE_ALIASES.update({_squash(label): m for m, label in MODE_LABELS.items()})
-_MODE_ALIASES.update({"weight": "weight_sum", "add": "add_difference", "adddiff": "add_difference",
-                      "triple": "triple_sum", "twice": "sum_twice", "sumtwice": "sum_twice"})
-_CALC_ALIASES = {_squash(c): c for c in CALCS}
-_CALC_ALIASES.update({"smoothaddmt": "smoothAdd", "traindiff": "trainDifference"})
-
-
-def normalize_mode(s: str) -> str:
-    """Map a CLI or UI spelling ("Add difference", "add-difference", "add_difference") to its id."""
-    mode = _MODE_ALIASES.get(_squash(s))
-    if mode is None:
-        raise AlloyError(f"Unknown merge mode '{s}'; choose one of: {', '.join(MODES)}.")
-    return mode
-
-
-def normalize_calc(s: str) -> str:
-    """Map a calc-mode spelling to its id ("smoothAdd MT" is the same math as smoothAdd)."""
-    calc = _CALC_ALIASES.get(_squash(s))
-    if calc is None:
-        raise AlloyError(f"Unknown calculation mode '{s}'; choose one of: {', '.join(CALCS)}.")
-    return calc
-
-
-def _finite(name: str, value) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise AlloyError(f"{name} must be a number, not '{value}'.") from None
-    if not math.isfinite(v):
-        raise AlloyError(f"{name} must be a finite number, not {value}.")
-    return v
+_NAME = Text(4096, optional=True)
+_RATIO = Number(-RATIO_LIMIT, RATIO_LIMIT)
+SCHEMA = {
+    "type": Text(64, optional=True, choices=(RECIPE_TYPE,)),
+    "version": Number(1, RECIPE_VERSION, integer=True, optional=True),
+    "model_a": Text(4096, nonempty=True), "model_b": _NAME, "model_c": _NAME,
+    "mode": Text(64), "calc": Text(64),
+    "alpha": _RATIO, "beta": _RATIO, "gamma": _RATIO,
+    "alpha_blocks": Text(20_000, optional=True), "beta_blocks": Text(20_000, optional=True),
+    "elemental": Text(100_000, optional=True, line=False),
+    "include": Text(20_000, optional=True), "exclude": Text(20_000, optional=True),
+    "adjust": Text(1000, optional=True),
+    "dtype": Text(16, choices=DTYPES), "compute_dtype": Text(16, choices=COMPUTE_DTYPES),
+    "prune": Flag(), "bake_vae": _NAME, "fix_clip_ids": Flag(),
+    "seed": Number(*SEED_RANGE, integer=True),
+    "hashes": Hashes(),
+}
 
 
 @dataclass
@@ -92,8 +68,6 @@ class Recipe:
 
     # ---- construction -------------------------------------------------------------------
     def __post_init__(self):
-        from .methods import effective_mode  # calc modes that imply a merge mode (trainDifference → Add)
-
         self.calc = normalize_calc(self.calc)
         self.mode = effective_mode(self.calc, normalize_mode(self.mode))
         for name in ("model_b", "model_c", "alpha_blocks", "beta_blocks", "bake_vae"):
@@ -105,18 +79,11 @@ class Recipe:
             setattr(self, name, "" if v is None else str(v))
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Recipe":
-        if not isinstance(d, dict):
-            raise AlloyError("A recipe must be a JSON object.")
-        d = dict(d)
+    def from_dict(cls, d: dict, where: str = "The recipe") -> "Recipe":
+        """A recipe from JSON data (file, request, history, PNG info): every field type-checked."""
+        d = check_object(d, SCHEMA, where, required=("model_a",), defaults=False)
         d.pop("type", None)
         d.pop("version", None)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise AlloyError(f"Unknown recipe field(s): {', '.join(unknown)}.")
-        if not d.get("model_a"):
-            raise AlloyError("The recipe names no model A.")
         return cls(**d)
 
     @classmethod
@@ -125,15 +92,28 @@ class Recipe:
             d = json.loads(text)
         except json.JSONDecodeError as e:
             raise AlloyError(f"The recipe is not valid JSON ({e.msg} at line {e.lineno}).") from None
+        except RecursionError:
+            raise AlloyError("The recipe is not valid JSON (nested too deeply).") from None
         return cls.from_dict(d)
 
     @classmethod
     def load(cls, path: str) -> "Recipe":
+        """A recipe file (at most 16 MiB of UTF-8 JSON); every problem is one sentence naming it."""
+        from .paths import check_input_file, shown
+        check_input_file(path, "recipe file")
         try:
-            with open(path, encoding="utf-8") as f:
-                return cls.from_json(f.read())
+            with open(path, "rb") as f:
+                raw = f.read(MAX_RECIPE_BYTES + 1)
         except OSError as e:
-            raise AlloyError(f"Cannot read recipe file {path}: {e.strerror}.") from None
+            raise AlloyError(f"Cannot read recipe file {shown(path)}: {e.strerror}.") from None
+        if len(raw) > MAX_RECIPE_BYTES:
+            raise AlloyError(f"Recipe file {shown(path)} is larger than {MAX_RECIPE_BYTES >> 20} MiB.")
+        try:
+            return cls.from_json(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise AlloyError(f"Recipe file {shown(path)} is not UTF-8 text.") from None
+        except AlloyError as e:
+            raise AlloyError(f"Recipe file {shown(path)}: {e}") from None
 
     # ---- serialisation ------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -147,17 +127,27 @@ class Recipe:
     def replace(self, **changes) -> "Recipe":
         return dataclasses.replace(self, **changes)
 
+    def shared(self, names: dict | None = None, *, short: bool = False) -> "Recipe":
+        """The form written into files and infotext: models by file name (`names[slot]`, else the
+        path's base name) and sha256 (`short`: the first 10 hex digits, as the WebUI shows), so
+        no local folder leaves the machine."""
+        names = names or {}
+        changes = {field: names.get(slot) or file_name(getattr(self, field))
+                   for slot, field in MODEL_SLOTS.items() if getattr(self, field)}
+        hashes = {slot: (h[:10] if short else h) for slot, h in (self.hashes or {}).items() if h}
+        return self.replace(**changes, hashes=hashes)
+
     # ---- identity -----------------------------------------------------------------------
     def identity(self) -> dict:
         """The fields that decide the merged tensors (not where the result goes).
 
-        Models are identified by sha256 where known, else by path."""
+        Models are identified by the first 10 hex digits of their sha256 where known (so a recipe
+        from an infotext, with short hashes, is the same recipe), else by name or path."""
         d = dataclasses.asdict(self)
-        hashes = d.pop("hashes")
-        for slot in ("a", "b", "c"):
-            key = f"model_{slot}"
+        hashes = d.pop("hashes") or {}
+        for slot, key in MODEL_SLOTS.items():
             if d[key] is not None and hashes.get(slot):
-                d[key] = "sha256:" + hashes[slot]
+                d[key] = "sha256:" + hashes[slot][:10]
         if self.mode == "weight_sum" and self.calc == "normal":
             d["model_c"] = None
         return d
@@ -168,6 +158,11 @@ class Recipe:
 
     # ---- validation (no file access) ------------------------------------------------------
     def validate(self) -> None:
+        """Every field's type and range (the schema of `from_dict`), then the combinations."""
+        fields = dataclasses.asdict(self)
+        clean = check_object(fields, SCHEMA, "The recipe", required=("model_a",), defaults=False)
+        for name in ("alpha", "beta", "gamma", "seed"):
+            setattr(self, name, clean[name])
         if self.mode not in MODES:
             raise AlloyError(f"Unknown merge mode '{self.mode}'.")
         if self.calc not in CALCS:
@@ -176,13 +171,6 @@ class Recipe:
             raise AlloyError(f"Unknown output precision '{self.dtype}'; choose one of: {', '.join(DTYPES)}.")
         if self.compute_dtype not in COMPUTE_DTYPES:
             raise AlloyError(f"Unknown compute precision '{self.compute_dtype}'; choose fp32 or fp64.")
-        self.alpha = _finite("alpha", self.alpha)
-        self.beta = _finite("beta", self.beta)
-        self.gamma = _finite("gamma", self.gamma)
-        try:
-            self.seed = int(self.seed)
-        except (TypeError, ValueError):
-            raise AlloyError(f"seed must be an integer, not '{self.seed}'.") from None
         if not self.model_a:
             raise AlloyError("Model A is required.")
         if not self.model_b:
@@ -212,10 +200,21 @@ class Recipe:
         return s
 
 
+def file_name(path: str | None) -> str | None:
+    """The file name of a path or WebUI title ("sub/x.safetensors [0123456789]" -> "x.safetensors"),
+    for either path separator."""
+    if not path:
+        return path
+    text = str(path)
+    if text.endswith("]") and " [" in text:
+        text = text[: text.rindex(" [")]
+    return ntpath.basename(text) or text
+
+
 def _stem(path: str | None) -> str:
     if not path:
         return "?"
-    base = os.path.basename(str(path).split(" [")[0])
+    base = file_name(path)
     for ext in (".safetensors", ".ckpt", ".pt", ".bin"):
         if base.lower().endswith(ext):
             return base[: -len(ext)]

@@ -20,19 +20,12 @@ from __future__ import annotations
 from types import MappingProxyType
 
 from ..errors import AlloyError
-from ..recipe import CALCS, MODES, normalize_calc, normalize_mode
+from ..modes import CALCS, MODES, effective_mode, normalize_calc, normalize_mode
 from . import basic, cosine, extract, scale, smooth, tensor, train_difference
 from .base import KeyContext, Method, copy_of, emit
 
 __all__ = ["Method", "KeyContext", "get_method", "valid_calcs", "effective_mode", "all_methods",
            "copy_of", "emit"]
-
-_FORCED_MODE = MappingProxyType({
-    "trainDifference": "add_difference",
-    "extract": "add_difference",
-    "self": "weight_sum",
-})
-
 
 def _build() -> MappingProxyType:
     """The registry as data: one Method per valid (mode, calc) pair."""
@@ -89,13 +82,6 @@ def valid_calcs(mode: str) -> list[str]:
 
 def _valid_modes(calc: str) -> list[str]:
     return [m for m in MODES if (m, calc) in _REGISTRY]
-
-
-def effective_mode(calc: str, requested_mode: str) -> str:
-    """The mode the engine runs for `calc` (see the module doc: trainDifference/extract force
-    add_difference, self forces weight_sum, other calcs keep the requested mode)."""
-    calc = normalize_calc(calc)
-    return _FORCED_MODE.get(calc, normalize_mode(requested_mode))
 
 
 def get_method(mode: str, calc: str = "normal") -> Method:
