@@ -5,25 +5,30 @@ import os
 import tempfile
 
 from .errors import AlloyError
+from .paths import shown
 
 
 def atomic_write_text(path: str, text: str, *, overwrite: bool = True) -> str:
-    """Write `text` to `path` so that readers see either the old file or the complete new one."""
+    """Write `text` to `path` so that readers see either the old file or the complete new one.
+    A failure (full disk, read-only folder) is one AlloyError naming the file; nothing is left."""
     path = os.path.abspath(path)
     folder = os.path.dirname(path)
     if not os.path.isdir(folder):
-        raise AlloyError(f"The folder does not exist: {folder}.")
+        raise AlloyError(f"The folder does not exist: {shown(folder)}.")
     if os.path.exists(path) and not overwrite:
-        raise AlloyError(f"{path} exists; pass --overwrite to replace it.")
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+        raise AlloyError(f"{shown(path)} exists; pass --overwrite to replace it.")
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise AlloyError(f"Writing {shown(path)} failed: {e.strerror or e}.") from None
         raise
     return path

@@ -15,6 +15,7 @@ from typing import Callable, NamedTuple
 import torch
 
 from .errors import AlloyError
+from .paths import shown
 
 
 class FileId(NamedTuple):
@@ -29,7 +30,7 @@ def file_id(path: str) -> FileId:
     try:
         st = os.stat(real)
     except OSError as e:
-        raise AlloyError(f"Cannot read {path}: {e.strerror}.") from None
+        raise AlloyError(f"Cannot read {shown(path)}: {e.strerror}.") from None
     return FileId(real, st.st_size, st.st_mtime_ns)
 
 
@@ -164,7 +165,7 @@ class CachedSource:
 
     def info(self, key: str):
         if key not in self._src:
-            raise AlloyError(f"{self.label} ({self.path}) has no tensor {key!r}")
+            raise AlloyError(f"{self.label} ({shown(self.path)}) has no tensor {key!r}")
         return self._src.info(key)
 
     def __contains__(self, key: object) -> bool:
@@ -176,7 +177,7 @@ class CachedSource:
     def read(self, key: str, buffer=None, *, out=None) -> torch.Tensor:
         """The cached tensor (shared: do not modify it); with `buffer`/`out`, a copy in it."""
         if key not in self._src:
-            raise AlloyError(f"{self.label} ({self.path}) has no tensor {key!r}")
+            raise AlloyError(f"{self.label} ({shown(self.path)}) has no tensor {key!r}")
         t = self._cache.get(self.fid, key, self._src)
         target = buffer if buffer is not None else out
         if target is None:

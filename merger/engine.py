@@ -16,9 +16,9 @@ import torch
 
 from . import parallel
 from .adjust import apply_adjust
-from .errors import AlloyError, Interrupted
+from .errors import AlloyError, Interrupted, TensorValueError
 from .methods import KeyContext
-from .plan import SLOTS, KeyPlan, Plan
+from .plan import SLOTS, KeyPlan, Plan, inputs_text
 
 CHUNK = 1 << 20
 _CHECKABLE = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -116,8 +116,7 @@ def _check_finite(key: str, t: torch.Tensor, out_dtype: torch.dtype | None = Non
     if not (-limit <= lo and hi <= limit):
         what = "values too large for the output precision" if math.isfinite(lo) and math.isfinite(hi) \
             else "NaN or infinite values"
-        raise AlloyError(f"The merged tensor {key} contains {what} (check the inputs and the weights); "
-                         f"nothing was written.")
+        raise TensorValueError(key, what)
 
 
 def _merge_elementwise(plan, kp, t, target, scratch, ctx):
@@ -238,6 +237,9 @@ def execute(plan: Plan, sources: dict, sink: Sink, *, device="cpu", progress=Non
         report.seconds = time.perf_counter() - t0
         report.keys_written = len(work)
         sink.finish(report)
+    except TensorValueError as e:
+        sink.abort()
+        raise e.with_inputs(inputs_text(sources)) from None
     except BaseException:
         sink.abort()
         raise

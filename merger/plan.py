@@ -13,6 +13,7 @@ from .arch import Arch, check_same_arch, detect
 from .errors import AlloyError
 from .io import open_source, vae_overrides
 from .methods import Method, get_method
+from .paths import shown
 from .presets import Presets
 from .recipe import Recipe
 from .weights import RatioResolver
@@ -115,29 +116,39 @@ def _out_dtype(recipe: Recipe, dtype: torch.dtype, key: str, block: str | None) 
     return OUT_DTYPES[recipe.dtype]
 
 
-def _shape_rule(key: str, shapes: dict, calc: str) -> int | None:
-    """Check A/B/C shapes of one key; return the channel count to merge for §10.5 keys, else None."""
+def source_label(src) -> str:
+    """"model B (/path/B.safetensors)": how messages name an input file."""
+    return f"{src.label} ({shown(src.path)})"
+
+
+def inputs_text(sources: dict) -> str:
+    """"model A (/p/A.safetensors), model B (/p/B.safetensors)" for messages."""
+    return ", ".join(source_label(src) for src in sources.values())
+
+
+def _shape_rule(key: str, shapes: dict, calc: str, label: dict) -> int | None:
+    """Check A/B/C shapes of one key; return the channel count to merge for §10.5 keys, else None.
+    `label` names each slot's file for the messages."""
     sa = shapes["a"]
     others = {s: sh for s, sh in shapes.items() if s != "a"}
     if all(sh == sa for sh in others.values()):
         return None
-    label = {s: f"model {s.upper()}" for s in SLOTS}
     for slot, sh in others.items():
         if len(sh) != len(sa) or len(sa) < 2 or any(x != y for i, (x, y) in enumerate(zip(sa, sh)) if i != 1):
-            raise AlloyError(f"Shape mismatch at key {key}: model A has {tuple(sa)} but {label[slot]} has "
+            raise AlloyError(f"Shape mismatch at key {key}: {label['a']} has {tuple(sa)} but {label[slot]} has "
                              f"{tuple(sh)}.")
     small = min(sh[1] for sh in others.values())
     if sa[1] < max(sh[1] for sh in others.values()):
         big = max(others, key=lambda s: others[s][1])
         kind = SPECIAL_IN_CHANNELS.get(others[big][1], "special")
         raise AlloyError(f"Key {key} has {others[big][1]} input channels in {label[big]} but {sa[1]} in "
-                         f"model A: the {kind} model must be model A.")
+                         f"{label['a']}: the {kind} model must be model A.")
     if sa[1] not in SPECIAL_IN_CHANNELS or small != 4:
-        raise AlloyError(f"Shape mismatch at key {key}: model A has {tuple(sa)}, the others "
-                         f"{', '.join(str(tuple(s)) for s in others.values())}.")
+        raise AlloyError(f"Shape mismatch at key {key}: {label['a']} has {tuple(sa)}, "
+                         f"{' and '.join(f'{label[s]} {tuple(sh)}' for s, sh in others.items())}.")
     if calc != "normal":
-        raise AlloyError(f"Model A is an {SPECIAL_IN_CHANNELS[sa[1]]} model; only the normal calculation "
-                         f"mode can merge its first layer ({key}).")
+        raise AlloyError(f"Model A ({label['a']}) is an {SPECIAL_IN_CHANNELS[sa[1]]} model; only the normal "
+                         f"calculation mode can merge its first layer ({key}).")
     return small
 
 
@@ -147,7 +158,9 @@ def build_plan(recipe: Recipe, sources: dict, *, presets: Presets | None = None)
     method = get_method(recipe.mode, recipe.calc)
     method.validate(recipe.alpha, recipe.beta, recipe.gamma)
     src_a, src_b, src_c = sources["a"], sources["b"], sources.get("c")
-    archs = {s.label + f" ({s.path})": detect(s.keys(), label=s.label) for s in (src_a, src_b, src_c) if s}
+    label = {slot: source_label(src) for slot, src in sources.items() if src is not None}
+    archs = {label[slot]: detect(src.keys(), label=label[slot]) for slot, src in sources.items()
+             if src is not None and slot in SLOTS}
     check_same_arch(archs)
     arch = next(iter(archs.values()))
     presets = presets if presets is not None else Presets()
@@ -182,7 +195,7 @@ def build_plan(recipe: Recipe, sources: dict, *, presets: Presets | None = None)
         others = (src_b, src_c) if method.needs_c else (src_b,)
         if not all(s.info(key).dtype.is_floating_point for s in others):
             continue
-        kp.channels = _shape_rule(key, shapes, recipe.calc)
+        kp.channels = _shape_rule(key, shapes, recipe.calc, label)
         kp.action, (kp.alpha, kp.beta) = "merge", ratios
         kp.adjust = key in adjust_keys
         method.validate(kp.alpha, kp.beta, recipe.gamma)
@@ -204,7 +217,7 @@ def build_plan(recipe: Recipe, sources: dict, *, presets: Presets | None = None)
             continue
         vinfo = vsrc.info(vkey)
         if tuple(vinfo.shape) != kp.shape:
-            raise AlloyError(f"The VAE {recipe.bake_vae} does not fit this model: {vkey} has shape "
+            raise AlloyError(f"The VAE {shown(recipe.bake_vae)} does not fit this model: {vkey} has shape "
                              f"{tuple(vinfo.shape)}, the model {kp.shape}.")
         kp.action, kp.src_key, kp.adjust, kp.channels = "vae", vkey, False, None
     if recipe.fix_clip_ids:
@@ -216,5 +229,5 @@ def build_plan(recipe: Recipe, sources: dict, *, presets: Presets | None = None)
         notes.append("no key was merged: the models share no mergeable keys under these settings, "
                      "so the result is model A")
     if recipe.bake_vae and not any(kp.action == "vae" for kp in items):
-        raise AlloyError(f"No key of the VAE {recipe.bake_vae} matches this {arch.label} model's VAE.")
+        raise AlloyError(f"No key of the VAE {shown(recipe.bake_vae)} matches this {arch.label} model's VAE.")
     return Plan(recipe, arch, method, items, compute, adjust=adjust, vae=vae, notes=notes)

@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import pickle
 import warnings
-import zipfile
 
 import torch
 
 from merger.errors import AlloyError
+from merger.paths import shown
 
 _NESTING_KEYS = ("state_dict",)
 
 
 def unwrap_state_dict(obj: object) -> dict:
-    """Follow {"state_dict": {...}} nesting (possibly repeated) down to the tensor dict."""
-    while isinstance(obj, dict):
+    """Follow {"state_dict": {...}} nesting (at most 8 levels, a pickle can make a dict that holds
+    itself) down to the tensor dict."""
+    for _ in range(8):
+        if not isinstance(obj, dict):
+            break
         inner = next((obj[k] for k in _NESTING_KEYS if isinstance(obj.get(k), dict)), None)
         if inner is None:
             return obj
@@ -32,9 +35,18 @@ def tensors_only(obj: dict) -> dict[str, torch.Tensor]:
     return {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
 
 
+def _why(exc: BaseException) -> str:
+    """The first line of an exception's text, short and escaped (torch's messages span lines)."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    text = text if len(text) <= 160 else text[:157] + "..."
+    return shown(text)
+
+
 def load_ckpt_tensors(path: str, label: str = "model A") -> dict[str, torch.Tensor]:
     """The tensors of a pickled checkpoint, loaded into memory with the weights-only unpickler.
-    A pickle asking for code or arbitrary objects is refused with an AlloyError; nothing runs."""
+    A pickle asking for code or arbitrary objects is refused with an AlloyError; nothing runs.
+    Any failure of the loader (corrupt zip, truncated pickle, odd objects) is one sentence."""
+    where = f"{label} ({shown(path)})"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "pickle protocol 4" chatter
@@ -42,16 +54,14 @@ def load_ckpt_tensors(path: str, label: str = "model A") -> dict[str, torch.Tens
     except pickle.UnpicklingError as exc:
         if "weights only" in str(exc).lower() or "weights_only" in str(exc).lower():
             raise AlloyError(
-                f"{label} ({path}) contains code or objects that are not plain tensors; refusing to "
+                f"{where} contains code or objects that are not plain tensors; refusing to "
                 "load it (convert it to .safetensors with a tool you trust, or use a .safetensors "
                 "release of the model)"
             ) from None
-        raise AlloyError(f"{label} ({path}) is not a readable torch checkpoint ({exc})") from None
-    except (EOFError, RuntimeError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        raise AlloyError(
-            f"{label} ({path}) is not a readable torch checkpoint (corrupt or truncated: {exc})"
-        ) from None
+        raise AlloyError(f"{where} is not a readable torch checkpoint ({_why(exc)})") from None
+    except (Exception, MemoryError) as exc:  # noqa: BLE001 - every loader failure is one sentence
+        raise AlloyError(f"{where} is not a readable torch checkpoint (corrupt or truncated: {_why(exc)})") from None
     tensors = tensors_only(unwrap_state_dict(obj))
     if not tensors:
-        raise AlloyError(f"{label} ({path}) contains no tensors")
+        raise AlloyError(f"{where} contains no tensors")
     return tensors

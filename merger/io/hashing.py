@@ -1,7 +1,6 @@
 """Model file hashes: full SHA-256 (cached) and A1111's legacy 8-hex hash."""
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -14,13 +13,12 @@ CHUNK = 1 << 20
 
 def _stat_key(path: str) -> tuple[str, int, int]:
     """(realpath, size, mtime_ns): the identity a cached hash is valid for."""
+    from merger.paths import file_problem, shown
     real = os.path.realpath(os.fspath(path))
-    try:
-        st = os.stat(real)
-    except FileNotFoundError:
-        raise AlloyError(f"cannot hash {path}: the file does not exist") from None
-    if not os.path.isfile(real):
-        raise AlloyError(f"cannot hash {path}: not a file")
+    problem = file_problem(real)
+    if problem:
+        raise AlloyError(f"cannot hash {shown(path)}: it {problem}")
+    st = os.stat(real)
     return real, st.st_size, st.st_mtime_ns
 
 
@@ -34,14 +32,29 @@ def _sha256_uncached(path: str) -> str:
             while n := f.readinto(buf):
                 h.update(view[:n])
     except OSError as exc:
-        raise AlloyError(f"cannot hash {path}: {exc.strerror or exc}") from None
+        from merger.paths import shown
+        raise AlloyError(f"cannot hash {shown(path)}: {exc.strerror or exc}") from None
     return h.hexdigest()
 
 
-@functools.lru_cache(maxsize=4096)
+_MEMO: dict[tuple[str, int, int], str] = {}     # in-process: (realpath, size, mtime_ns) -> sha256
+_MEMO_LOCK = threading.Lock()
+_MEMO_MAX = 4096
+
+
 def _sha256_memo(real: str, size: int, mtime_ns: int) -> str:
     """In-process memo; the (size, mtime_ns) arguments make an edited file a new entry."""
-    return _sha256_uncached(real)
+    key = (real, size, mtime_ns)
+    with _MEMO_LOCK:
+        hit = _MEMO.get(key)
+    if hit is not None:
+        return hit
+    sha = _sha256_uncached(real)
+    with _MEMO_LOCK:
+        if len(_MEMO) >= _MEMO_MAX:
+            _MEMO.pop(next(iter(_MEMO)))
+        _MEMO[key] = sha
+    return sha
 
 
 class HashCache:
@@ -118,6 +131,22 @@ def sha256_file(path, cache: HashCache | None = None) -> str:
     return sha
 
 
+def cached_sha256(path, cache: HashCache | None = None) -> str | None:
+    """The sha256 of `path` if it is already known (this process or `cache`), else None; never
+    reads the file's contents."""
+    try:
+        real = os.path.realpath(os.fspath(path))
+        st = os.stat(real)
+    except (OSError, ValueError):
+        return None
+    key = (real, st.st_size, st.st_mtime_ns)
+    with _MEMO_LOCK:
+        hit = _MEMO.get(key)
+    if hit is None and cache is not None:
+        hit = cache.get(*key)
+    return hit
+
+
 def short_hash(sha256: str) -> str:
     """The WebUI's short hash: the first 10 hex digits of the full sha256."""
     return sha256[:10]
@@ -126,11 +155,11 @@ def short_hash(sha256: str) -> str:
 def legacy_hash(path) -> str:
     """A1111's old model hash: first 8 hex of sha256 over the 0x10000 bytes at offset 0x100000
     (files shorter than that hash fewer or no bytes, exactly as the WebUI does)."""
+    _stat_key(path)
     try:
         with open(os.fspath(path), "rb") as f:
             f.seek(0x100000)
             return hashlib.sha256(f.read(0x10000)).hexdigest()[:8]
-    except FileNotFoundError:
-        raise AlloyError(f"cannot hash {path}: the file does not exist") from None
     except OSError as exc:
-        raise AlloyError(f"cannot hash {path}: {exc.strerror or exc}") from None
+        from merger.paths import shown
+        raise AlloyError(f"cannot hash {shown(path)}: {exc.strerror or exc}") from None

@@ -16,6 +16,7 @@ from merger.errors import AlloyError
 from merger.io.dtypes import ITEMSIZE, NAME_TO_DTYPE
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # same limit as the safetensors library
+MAX_DEPTH = 64                        # nesting of JSON values inside __metadata__
 METADATA_KEY = "__metadata__"
 
 
@@ -37,6 +38,12 @@ class Header(NamedTuple):
     entries: dict[str, Entry]   # in data-offset order
     metadata: dict[str, str]
     data_start: int             # 8 + N
+
+
+def _k(key: object) -> str:
+    """A tensor key for a message: repr-escaped and at most about 100 characters."""
+    text = repr(key)
+    return text if len(text) <= 100 else text[:97] + "...'"
 
 
 def _where(label: str, path: str) -> str:
@@ -67,35 +74,57 @@ def _no_duplicates(pairs: list) -> dict:
 
 
 def _metadata(raw: object, where: str) -> dict[str, str]:
-    """`__metadata__` as str->str; non-string values (written by lax tools) become their JSON text."""
+    """`__metadata__` as str->str; non-string values (written by lax tools) become their JSON text
+    (nested at most MAX_DEPTH levels)."""
     if raw is None:
         return {}
     if not isinstance(raw, dict):
         raise AlloyError(f"{where} has a malformed header: __metadata__ is not a JSON object")
-    return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in raw.items()}
+    out = {}
+    for k, v in raw.items():
+        if not isinstance(v, str):
+            if _depth(v) > MAX_DEPTH:
+                raise AlloyError(f"{where} has a malformed header: __metadata__ entry {_k(k)} is nested "
+                                 f"more than {MAX_DEPTH} levels deep")
+            v = json.dumps(v)
+        out[k] = v
+    return out
+
+
+def _depth(v: object) -> int:
+    """Nesting depth of a JSON value (iterative, so no recursion limit applies)."""
+    deepest, stack = 0, [(v, 1)]
+    while stack:
+        x, d = stack.pop()
+        if isinstance(x, (list, dict)):
+            deepest = max(deepest, d)
+            if d <= MAX_DEPTH:
+                stack.extend((y, d + 1) for y in (x.values() if isinstance(x, dict) else x))
+    return deepest
 
 
 def _entry(key: str, raw: object, where: str) -> tuple[TensorInfo, int, int]:
     """(info, begin, end) relative offsets, with dtype, shape and byte count checked."""
     if not isinstance(raw, dict):
-        raise AlloyError(f"{where} has a malformed header entry for key {key!r}")
+        raise AlloyError(f"{where} has a malformed header entry for key {_k(key)}")
     name = raw.get("dtype")
-    if name not in NAME_TO_DTYPE:
-        raise AlloyError(f"{where} uses unknown dtype {name!r} for key {key!r}")
+    if not isinstance(name, str) or name not in NAME_TO_DTYPE:
+        shown_name = repr(name) if isinstance(name, str) else f"a {type(name).__name__}"
+        raise AlloyError(f"{where} uses unknown dtype {shown_name[:40]} for key {_k(key)}")
     shape = raw.get("shape")
     offs = raw.get("data_offsets")
     ok_shape = isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)
     ok_offs = (isinstance(offs, list) and len(offs) == 2
                and all(type(o) is int for o in offs) and 0 <= offs[0] <= offs[1])
     if not (ok_shape and ok_offs):
-        raise AlloyError(f"{where} has a malformed shape or data_offsets for key {key!r}")
+        raise AlloyError(f"{where} has a malformed shape or data_offsets for key {_k(key)}")
     count = 1
     for d in shape:
         count *= d
     nbytes = count * ITEMSIZE[name]
     if offs[1] - offs[0] != nbytes:
         raise AlloyError(
-            f"{where}: key {key!r} has {offs[1] - offs[0]} data bytes but dtype {name} and shape "
+            f"{where}: key {_k(key)} has {offs[1] - offs[0]} data bytes but dtype {name} and shape "
             f"{tuple(shape)} need {nbytes}"
         )
     return TensorInfo(key, NAME_TO_DTYPE[name], tuple(shape), nbytes), offs[0], offs[1]
@@ -108,7 +137,9 @@ def parse_header(json_bytes: bytes, file_size: int, label: str, path: str) -> He
     try:
         raw = json.loads(json_bytes.decode("utf-8"), object_pairs_hook=_no_duplicates)
     except (UnicodeDecodeError, ValueError) as exc:
-        raise AlloyError(f"{where} has a corrupt header (invalid JSON: {exc})") from None
+        raise AlloyError(f"{where} has a corrupt header (invalid JSON: {str(exc)[:200]})") from None
+    except RecursionError:
+        raise AlloyError(f"{where} has a corrupt header (JSON nested too deeply)") from None
     if not isinstance(raw, dict):
         raise AlloyError(f"{where} has a corrupt header (not a JSON object)")
     data_start = 8 + len(json_bytes)
@@ -119,7 +150,7 @@ def parse_header(json_bytes: bytes, file_size: int, label: str, path: str) -> He
     prev_end, prev_key = 0, None
     for info, begin, end in spans:
         if begin < prev_end:
-            raise AlloyError(f"{where} has overlapping data for keys {prev_key!r} and {info.key!r}")
+            raise AlloyError(f"{where} has overlapping data for keys {_k(prev_key)} and {_k(info.key)}")
         if end > begin:
             prev_end, prev_key = end, info.key
         entries[info.key] = Entry(info, data_start + begin)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Callable, Iterable
 
 from merger.errors import AlloyError
+from merger.paths import shown
 from merger.io.source import Source, open_source
 
 VAE_TARGET = "first_stage_model."
@@ -55,11 +56,11 @@ def _check_vae(mapping: dict[str, str], label: str, path: str) -> None:
     bare = [k[len(VAE_TARGET):] for k in mapping]
     if any(m in k for k in bare for m in DIFFUSERS_MARKERS):
         raise AlloyError(
-            f"{label} ({path}) is a diffusers-format VAE; use a single-file VAE "
+            f"{label} ({shown(path)}) is a diffusers-format VAE; use a single-file VAE "
             "(.safetensors/.pt with encoder./decoder. keys)"
         )
     if not any(k.startswith("encoder.") for k in bare) or not any(k.startswith("decoder.") for k in bare):
-        raise AlloyError(f"{label} ({path}) is not a VAE (no encoder./decoder. weights found)")
+        raise AlloyError(f"{label} ({shown(path)}) is not a VAE (no encoder./decoder. weights found)")
 
 
 def vae_overrides(vae_path: str, label: str = "VAE") -> dict[str, tuple[Source, str]]:

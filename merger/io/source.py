@@ -7,6 +7,7 @@ import threading
 import torch
 
 from merger.errors import AlloyError
+from merger.paths import check_input_file, shown
 from merger.io.header import Entry, TensorInfo, parse_header, read_header_length
 
 SAFETENSORS_EXTS = (".safetensors", ".sft")
@@ -64,7 +65,7 @@ class Source:
         try:
             return self._infos[key]
         except KeyError:
-            raise AlloyError(f"{self.label} ({self.path}) has no tensor {key!r}") from None
+            raise AlloyError(f"{self.label} ({shown(self.path)}) has no tensor {key!r}") from None
 
     def __contains__(self, key: object) -> bool:
         return key in self._infos
@@ -114,14 +115,14 @@ class SafetensorsSource(Source):
     def _read_into(self, info: TensorInfo, raw: torch.Tensor) -> None:
         fd = self._fd
         if fd < 0:
-            raise AlloyError(f"{self.label} ({self.path}) was closed before reading {info.key!r}")
+            raise AlloyError(f"{self.label} ({shown(self.path)}) was closed before reading {info.key!r}")
         view = memoryview(raw.numpy()) if info.nbytes else memoryview(b"")
         pos, done = self._begin[info.key], 0
         while done < info.nbytes:
             got = self._pread_into(fd, view[done:], pos + done)
             if got <= 0:
                 raise AlloyError(
-                    f"{self.label} ({self.path}) ended early while reading {info.key!r} "
+                    f"{self.label} ({shown(self.path)}) ended early while reading {info.key!r} "
                     "(was the file changed or truncated while open?)"
                 )
             done += got
@@ -162,7 +163,7 @@ class MemorySource(Source):
 
     def _read_into(self, info: TensorInfo, raw: torch.Tensor) -> None:
         if self._tensors is None:
-            raise AlloyError(f"{self.label} ({self.path}) was closed before reading {info.key!r}")
+            raise AlloyError(f"{self.label} ({shown(self.path)}) was closed before reading {info.key!r}")
         if info.nbytes:
             _as_tensor(raw, info).copy_(self._tensors[info.key])
 
@@ -171,10 +172,8 @@ class MemorySource(Source):
 
 
 def _check_file(path: str, label: str) -> None:
-    if not os.path.exists(path):
-        raise AlloyError(f"{label} ({path}) does not exist")
-    if not os.path.isfile(path):
-        raise AlloyError(f"{label} ({path}) is not a file")
+    """A regular file (no folder, device, FIFO or /proc link), else one sentence naming it."""
+    check_input_file(path, label)
 
 
 def _read_at(fd: int, n: int, pos: int) -> bytes:
@@ -191,11 +190,14 @@ def open_safetensors(path: str, label: str = "model A") -> SafetensorsSource:
     try:
         fd = os.open(path, OPEN_FLAGS)
     except OSError as exc:
-        raise AlloyError(f"{label} ({path}) cannot be opened: {exc.strerror}") from None
+        raise AlloyError(f"{label} ({shown(path)}) cannot be opened: {exc.strerror}") from None
     try:
         size = os.fstat(fd).st_size
-        n = read_header_length(_read_at(fd, 8, 0), size, label, path)
-        header = parse_header(_read_at(fd, n, 8), size, label, path)
+        n = read_header_length(_read_at(fd, 8, 0), size, label, shown(path))
+        header = parse_header(_read_at(fd, n, 8), size, label, shown(path))
+    except OSError as exc:
+        os.close(fd)
+        raise AlloyError(f"{label} ({shown(path)}) cannot be read: {exc.strerror or exc}") from None
     except BaseException:
         os.close(fd)
         raise
@@ -216,7 +218,7 @@ def open_source(path: str, label: str = "model A") -> Source:
         return MemorySource(path, label, load_ckpt_tensors(path, label))
     _check_file(path, label)
     raise AlloyError(
-        f"{label} ({path}) has an unsupported extension {ext or '(none)'!r}; "
+        f"{label} ({shown(path)}) has an unsupported extension {ext or '(none)'!r}; "
         "use .safetensors, .ckpt, .pt, .pth or .bin"
     )
 

@@ -18,6 +18,7 @@ import torch
 from merger.errors import AlloyError
 from merger.io.dtypes import nbytes_of, torch_dtype_name
 from merger.io.header import METADATA_KEY, header_json
+from merger.paths import shown
 
 FREE_SPACE_MARGIN = 16 * 1024 * 1024
 TEMP_TAG = ".alloy-tmp-"
@@ -107,13 +108,13 @@ def check_target(path: str, overwrite: bool) -> str:
     """Folder exists and is writable; an existing target only with overwrite. Returns the folder."""
     folder = os.path.dirname(path)
     if not os.path.isdir(folder):
-        raise AlloyError(f"output folder {folder} does not exist")
+        raise AlloyError(f"output folder {shown(folder)} does not exist")
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise AlloyError(f"output folder {folder} is not writable")
+        raise AlloyError(f"output folder {shown(folder)} is not writable")
     if os.path.isdir(path):
-        raise AlloyError(f"output path {path} is a folder")
+        raise AlloyError(f"output path {shown(path)} is a folder")
     if os.path.lexists(path) and not overwrite:
-        raise AlloyError(f"output file {path} exists; pass --overwrite to replace it")
+        raise AlloyError(f"output file {shown(path)} exists; pass --overwrite to replace it")
     return folder
 
 
@@ -122,7 +123,7 @@ def _check_space(folder: str, needed: int) -> None:
     if free < needed + FREE_SPACE_MARGIN:
         mib = 1024 * 1024
         raise AlloyError(
-            f"not enough free disk space in {folder}: the output needs {needed / mib:.1f} MiB "
+            f"not enough free disk space in {shown(folder)}: the output needs {needed / mib:.1f} MiB "
             f"(+{FREE_SPACE_MARGIN // mib} MiB margin) but only {free / mib:.1f} MiB are free"
         )
 
@@ -155,7 +156,7 @@ class SafetensorsWriter:
             fd = os.open(self.temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL
                          | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0), 0o666)
         except OSError as exc:
-            raise AlloyError(f"cannot create a file in {folder}: {exc.strerror}") from None
+            raise AlloyError(f"cannot create a file in {shown(folder)}: {exc.strerror}") from None
         self._file = os.fdopen(fd, "wb", buffering=1 << 20)
         self._guard(lambda: self._file.write(struct.pack("<Q", self.header_size)
                                              + self._header_bytes()))
@@ -165,7 +166,7 @@ class SafetensorsWriter:
         raw = header_json(self._rows, self.metadata)
         if len(raw) > self.header_size:
             raise AlloyError(
-                f"metadata for {self.path} is too large ({len(raw)} header bytes; "
+                f"metadata for {shown(self.path)} is too large ({len(raw)} header bytes; "
                 f"room for {self.header_size})"
             )
         return raw + b" " * (self.header_size - len(raw))
@@ -176,11 +177,11 @@ class SafetensorsWriter:
             return action()
         except OSError as exc:
             self.abort()
-            raise AlloyError(f"writing {self.path} failed: {exc.strerror or exc}") from None
+            raise AlloyError(f"writing {shown(self.path)} failed: {exc.strerror or exc}") from None
 
     def _check_open(self) -> None:
         if self._done:
-            raise AlloyError(f"the writer for {self.path} is already closed")
+            raise AlloyError(f"the writer for {shown(self.path)} is already closed")
 
     def _rewrite_at(self, pos: int, raw: bytes) -> None:
         """Overwrite bytes at `pos` and return to the end (portable: no os.pwrite)."""
@@ -249,7 +250,7 @@ class SafetensorsWriter:
         if self._next != len(self._rows):
             n = len(self._rows)
             self.abort()
-            raise AlloyError(f"only {self._next} of {n} tensors were written to {self.path}; not saved")
+            raise AlloyError(f"only {self._next} of {n} tensors were written to {shown(self.path)}; not saved")
 
         def finish() -> None:
             self._file.flush()
@@ -259,7 +260,7 @@ class SafetensorsWriter:
         self._guard(finish)
         if not self.overwrite and os.path.lexists(self.path):
             self.abort()
-            raise AlloyError(f"output file {self.path} exists; pass --overwrite to replace it")
+            raise AlloyError(f"output file {shown(self.path)} exists; pass --overwrite to replace it")
         self._guard(lambda: os.replace(self.temp_path, self.path))
         self._done = True
         _fsync_dir(os.path.dirname(self.path))
