@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 
 from .errors import AlloyError
+from .paths import shown
 from .recipe import CALCS, MODES, Recipe
 
 EXIT_ERROR = 2
@@ -69,6 +71,12 @@ def _add_common_out(p):
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _add_recipe_out(p):
+    p.add_argument("--recipe-out", help="also write the recipe (models by file name and sha256) to this JSON file")
+    p.add_argument("--recipe-paths", action="store_true",
+                   help="name the models in --recipe-out by their full paths (for local use only)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m merger", description="Alloy: merge Stable Diffusion models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -76,12 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("merge", help="merge checkpoints into a new file")
     _add_merge_args(p)
     _add_common_out(p)
-    p.add_argument("--recipe-out", help="also write the recipe (with input hashes) to this JSON file")
+    _add_recipe_out(p)
 
     p = sub.add_parser("run", help="re-run a recipe file")
     p.add_argument("recipe")
+    p.add_argument("--models-dir", help="folder to find the recipe's models in, by sha256 then by name "
+                                        "(default: the recipe file's folder, then the current folder)")
     _add_common_out(p)
     p.add_argument("--device", default="auto")
+    _add_recipe_out(p)
 
     p = sub.add_parser("inspect", help="architecture, keys, dtypes, blocks, embedded recipe")
     p.add_argument("file")
@@ -116,21 +127,33 @@ def _recipe_from_args(a) -> Recipe:
                   bake_vae=a.bake_vae, fix_clip_ids=a.fix_clip_ids, seed=a.seed)
 
 
-def _run_merge(recipe: Recipe, a, verify: bool) -> int:
+def _run_merge(recipe: Recipe, a, verify: bool, names: dict | None = None) -> int:
+    """Merge into --out; --recipe-out is written after the last tensor and before the output is
+    renamed into place, so either both exist or (on any failure) neither."""
     from .filemerge import merge_to_file
 
     recipe_out = getattr(a, "recipe_out", None)
-    if recipe_out and os.path.exists(recipe_out) and not a.overwrite:
-        raise AlloyError(f"{recipe_out} exists; pass --overwrite to replace it.")
+    if recipe_out:
+        _check_recipe_out(recipe_out, a.overwrite)
+    written = []
+
+    def write_recipe(final: Recipe) -> None:
+        from .atomic import atomic_write_text
+        text = (final if a.recipe_paths else final.shared(names)).to_json() + "\n"
+        written.append(atomic_write_text(recipe_out, text, overwrite=a.overwrite))
+
     update, close = _progress(a.quiet)
     try:
         report = merge_to_file(recipe, a.out, overwrite=a.overwrite, device=a.device, progress=update,
-                               presets=_presets(a.presets), verify_hashes=verify)
+                               presets=_presets(a.presets), verify_hashes=verify, names=names,
+                               before_commit=write_recipe if recipe_out else None)
+    except BaseException:
+        for path in written:          # the merge failed after the recipe was written: leave nothing
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        raise
     finally:
         close()
-    if recipe_out:
-        from .atomic import atomic_write_text
-        atomic_write_text(recipe_out, report.recipe.to_json() + "\n", overwrite=a.overwrite)
     for w in report.warnings:
         print(f"warning: {w}", file=sys.stderr)
     if not a.quiet:
@@ -138,15 +161,44 @@ def _run_merge(recipe: Recipe, a, verify: bool) -> int:
     return 0
 
 
-def _resolve_recipe_paths(recipe: Recipe, recipe_path: str) -> Recipe:
-    """Relative model paths in a recipe file are tried from the current folder, then the recipe's."""
+def _check_recipe_out(path: str, overwrite: bool) -> None:
+    """Refuse a --recipe-out that cannot be written before any work is done."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise AlloyError(f"The folder of --recipe-out does not exist: {shown(folder)}.")
+    if os.path.lexists(path) and not overwrite:
+        raise AlloyError(f"{shown(path)} exists; pass --overwrite to replace it.")
+    if os.path.lexists(path) and not os.path.isfile(path):
+        raise AlloyError(f"--recipe-out {shown(path)} is not a plain file.")
+
+
+def _locate_recipe_models(recipe: Recipe, recipe_path: str, models_dir: str | None, quiet: bool):
+    """(recipe with paths, {slot: name to record}, notes): each model the recipe names is looked
+    for by sha256, then by name, in --models-dir (default: the recipe file's folder, then the
+    current folder); a path in the recipe that exists is tried first (the user owns the shell)."""
+    from .locate import Finder, folder_candidates
+
     base = os.path.dirname(os.path.abspath(recipe_path))
-    changes = {}
-    for name in ("model_a", "model_b", "model_c", "bake_vae"):
-        p = getattr(recipe, name)
-        if p and not os.path.isabs(p) and not os.path.exists(p) and os.path.exists(os.path.join(base, p)):
-            changes[name] = os.path.join(base, p)
-    return recipe.replace(**changes) if changes else recipe
+    if models_dir:
+        if not os.path.isdir(models_dir):
+            raise AlloyError(f"--models-dir {shown(models_dir)} is not a folder.")
+        dirs, cands = [models_dir], folder_candidates(models_dir)
+    else:
+        dirs = list(dict.fromkeys([base, os.getcwd()]))
+        seen = {}
+        for c in (c for d in dirs for c in folder_candidates(d, recursive=False)):
+            seen.setdefault(os.path.realpath(c.path), c)
+        cands = list(seen.values())
+
+    def direct(name: str) -> str | None:
+        for cand in (name, os.path.join(base, name)):
+            if os.path.isfile(cand):
+                return os.path.abspath(cand)
+        return None
+    note = None if quiet else (lambda text: print(f"note: {text}", file=sys.stderr))
+    finder = Finder(cands, direct=direct, hash_unknown=True, note=note,
+                    where=" or ".join(shown(d) for d in dirs))
+    return finder.resolve(recipe)
 
 
 def cmd_inspect(a) -> int:
@@ -172,8 +224,10 @@ def dispatch(a) -> int:
     if a.command == "merge":
         return _run_merge(_recipe_from_args(a), a, verify=False)
     if a.command == "run":
-        recipe = _resolve_recipe_paths(Recipe.load(a.recipe), a.recipe)
-        return _run_merge(recipe, a, verify=True)
+        recipe, names, notes = _locate_recipe_models(Recipe.load(a.recipe), a.recipe, a.models_dir, a.quiet)
+        for n in notes:
+            print(f"warning: {n}", file=sys.stderr)
+        return _run_merge(recipe, a, verify=True, names=names)
     if a.command == "inspect":
         return cmd_inspect(a)
     if a.command == "presets":

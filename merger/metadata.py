@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import json
-import os
 
-from .recipe import Recipe
+from .recipe import Recipe, file_name
 
 A1111_INTERP = {"weight_sum": "Weighted sum", "add_difference": "Add difference"}
 RECIPE_KEY = "alloy_recipe"
@@ -18,12 +17,16 @@ def _json_field(metadata: dict, key: str):
     return value if isinstance(value, dict) else None
 
 
-def merge_metadata(recipe: Recipe, sources: dict, plan=None, legacy_hashes: dict | None = None) -> dict:
+def merge_metadata(recipe: Recipe, sources: dict, plan=None, legacy_hashes: dict | None = None,
+                   names: dict | None = None) -> dict:
     """Build the safetensors `__metadata__` for a merged checkpoint.
 
     `sd_merge_recipe` keeps A1111's field names (primary/secondary/tertiary_model_hash, interp_method,
     multiplier, …) so tools that read the built-in merger's metadata understand ours; `sd_merge_models`
-    maps each input's sha256 to its name and legacy hash and carries the inputs' own ancestry."""
+    maps each input's sha256 to its name and legacy hash and carries the inputs' own ancestry.
+    Models are named by file name (`names` {slot: name}, default the inputs' file names) and
+    sha256: no local path goes into a file that may be shared."""
+    names = names or {}
     hashes = recipe.hashes or {}
     legacy_hashes = legacy_hashes or {}
     channels = None
@@ -41,7 +44,7 @@ def merge_metadata(recipe: Recipe, sources: dict, plan=None, legacy_hashes: dict
         "save_as_half": recipe.dtype == "fp16",
         "custom_name": "",
         "config_source": 0,
-        "bake_in_vae": os.path.basename(recipe.bake_vae) if recipe.bake_vae else "None",
+        "bake_in_vae": (names.get("vae") or file_name(recipe.bake_vae)) if recipe.bake_vae else "None",
         "discard_weights": "",
         "is_inpainting": channels == 9,
         "is_instruct_pix2pix": channels == 8,
@@ -57,14 +60,14 @@ def merge_metadata(recipe: Recipe, sources: dict, plan=None, legacy_hashes: dict
         if not sha:
             continue
         models[sha] = {
-            "name": os.path.basename(src.path),
+            "name": names.get(slot) or file_name(src.path),
             "legacy_hash": legacy_hashes.get(slot),
             "sd_merge_recipe": _json_field(src.metadata, "sd_merge_recipe"),
         }
         models.update(_json_field(src.metadata, "sd_merge_models") or {})
     return {
         "format": "pt",
-        RECIPE_KEY: recipe.to_json(indent=None),
+        RECIPE_KEY: recipe.shared(names).to_json(indent=None),
         "sd_merge_recipe": json.dumps(a1111),
         "sd_merge_models": json.dumps(models),
     }

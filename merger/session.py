@@ -9,79 +9,26 @@ Additions to DESIGN.md's Session API (used by the X/Y/Z axes, the REST API and t
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
-from .cache import SourceCache, file_id
+from .cache import SourceCache
 from .errors import AlloyError, Interrupted
 from .history import History
+from .host import MODEL_EXTS, Host, StandaloneHost, same_file  # noqa: F401 (the session's public names)
 from .live import LiveSink, LiveState, owner_map, restore as restore_keys
-from .recipe import Recipe
+from .locate import Finder, folder_candidates, needed_slots
+from .paths import input_file, output_file, shown
+from .recipe import MODEL_SLOTS, Recipe
 from .settings import Settings
 
-MODEL_EXTS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+log = logging.getLogger("alloy")
 
 
 class Busy(AlloyError):
     """Another merge/restore holds the session."""
-
-
-class Host:
-    """What the environment offers. Defaults describe an environment without a live model."""
-
-    def list_models(self) -> list[str]: return []
-    def refresh_models(self) -> None: pass
-    def resolve_model(self, name: str) -> str: raise AlloyError(f"Unknown model '{name}'.")
-    def models_dir(self) -> str: return os.getcwd()
-    def live_model(self): return None
-    def loaded_model_path(self) -> str | None: return None
-    def load_model(self, path: str) -> None: raise AlloyError("There is no model loader here.")
-    def should_stop(self) -> bool: return False
-    def job_begin(self, title: str) -> None: pass
-    def job_progress(self, done: int, total: int, key: str) -> None: pass
-    def job_end(self) -> None: pass
-    def on_live_changed(self, recipe: Recipe | None) -> None: pass
-    def exclusive_job(self, title: str): return contextlib.nullcontext()
-
-
-class StandaloneHost(Host):
-    """A models folder; no live model (the standalone app and the CLI)."""
-
-    def __init__(self, models_dir: str, lora_dir: str | None = None):
-        self._dir = os.path.abspath(models_dir)
-        self._lora_dir = os.path.abspath(lora_dir) if lora_dir else self._dir
-
-    def models_dir(self) -> str:
-        return self._dir
-
-    def lora_dir(self) -> str:
-        """Where the LoRA tools list LoRAs and write their outputs."""
-        return self._lora_dir
-
-    def list_models(self) -> list[str]:
-        out = []
-        for root, _, files in os.walk(self._dir):
-            for f in files:
-                if f.lower().endswith(MODEL_EXTS):
-                    out.append(os.path.relpath(os.path.join(root, f), self._dir))
-        return sorted(out, key=str.casefold)
-
-    def resolve_model(self, name: str) -> str:
-        """An existing path, a name relative to the models folder, or a unique file stem."""
-        if not name:
-            raise AlloyError("No model was named.")
-        for cand in (name, os.path.join(self._dir, name)):
-            if os.path.isfile(cand):
-                return os.path.abspath(cand)
-        stem = os.path.splitext(os.path.basename(name.split(" [")[0]))[0]
-        hits = [m for m in self.list_models() if os.path.splitext(os.path.basename(m))[0] == stem]
-        if len(hits) == 1:
-            return os.path.join(self._dir, hits[0])
-        raise AlloyError(f"Model '{name}' was not found in {self._dir}.")
-
-
-def same_file(a: str | None, b: str | None) -> bool:
-    return bool(a and b) and os.path.realpath(a) == os.path.realpath(b)
 
 
 class Session:
@@ -152,13 +99,39 @@ class Session:
 
     # ---- recipes ----------------------------------------------------------------------------
     def resolve(self, recipe: Recipe) -> Recipe:
-        """A copy whose model names are paths (host.resolve_model)."""
-        changes = {}
-        for slot in ("model_a", "model_b", "model_c"):
-            v = getattr(recipe, slot)
-            if v:
-                changes[slot] = self.host.resolve_model(v)
-        return recipe.replace(**changes)
+        """A copy whose model names are paths (see `locate`)."""
+        return self.locate(recipe)[0]
+
+    def locate(self, recipe: Recipe) -> tuple[Recipe, dict, list]:
+        """(recipe with paths, {slot: file name to record}, notes). Each model the merge reads is
+        found by sha256 first, then by name, among the host's models (merger.locate); the VAE
+        to bake among the files of the host's VAE folders. Nothing outside them is reachable."""
+        host = self.host
+        finder = Finder(host.model_candidates(), direct=host.resolve_model, where=host.describe())
+        slots = needed_slots(recipe)
+        resolved, names, notes = finder.resolve(recipe, [s for s in slots if s != "vae"])
+        if "vae" in slots:
+            vaes = [c for d in host.vae_dirs() for c in folder_candidates(d, recursive=False)]
+            vf = Finder(vaes, direct=host.resolve_vae, where=" or ".join(shown(d) for d in host.vae_dirs()))
+            resolved, vnames, vnotes = vf.resolve(resolved, ["vae"])
+            names.update(vnames)
+            notes += vnotes
+        return resolved, names, notes
+
+    def load_recipe_file(self, name: str) -> Recipe:
+        """A recipe file named over the UI (X/Y/Z axis): inside the models or the data folder."""
+        return Recipe.load(input_file([self.host.models_dir(), self.data_dir], name, what="recipe file",
+                                      exts=(".json",)))
+
+    def _record(self, kind: str, recipe: dict | None, **fields) -> str | None:
+        """Append to the history; a failure (full disk, read-only folder) is a warning, never an error:
+        the merge it records has happened."""
+        try:
+            self.history.append(kind, recipe, **fields)
+        except (OSError, ValueError) as e:
+            log.warning("Alloy could not write its history %s: %s", self.history.path, e)
+            return f"the history ({shown(self.history.path)}) could not be written: {getattr(e, 'strerror', None) or e}"
+        return None
 
     def xyz_base(self) -> Recipe:
         """The recipe X/Y/Z cells start from: the tab's draft, else the live merge, else the last one."""
@@ -184,34 +157,38 @@ class Session:
     def merge_live(self, recipe: Recipe, progress=None):
         """Merge `recipe` into the loaded model in place (loading model A first if needed).
 
-        Only keys whose Plan.signature changed since the last merge are recomputed; keys that
-        return to "keep A" are put back from their originals. Any error or an interrupt restores
-        the original model and re-raises (Interrupted: "… the original model was restored")."""
+        Everything is resolved and checked (models, architectures, shapes, every recipe field)
+        before model A is loaded or a tensor changes. Only keys whose Plan.signature changed since
+        the last merge are recomputed; keys that return to "keep A" are put back from their
+        originals. Any error or an interrupt restores the original model and re-raises
+        (Interrupted: "… the original model was restored"). The inputs' sha256 (for the infotext)
+        are computed on a helper thread while the merge runs."""
         from .engine import Report, execute
         from .plan import build_plan
 
         with self._exclusive():
-            recipe = self.resolve(recipe)
-            recipe.validate()
+            resolved, _, notes = self.locate(recipe)
+            resolved.validate()
+            work = resolved.replace(hashes={})     # hashes are the record's, computed below
             model = self.host.live_model()
             if model is None:
                 raise AlloyError("No model is loaded to merge into; use a file merge instead.")
-            if not same_file(self.host.loaded_model_path(), recipe.model_a):
-                self.host.load_model(recipe.model_a)
+            sources = self._open(work)
+            plan = build_plan(work, sources)
+            if not same_file(self.host.loaded_model_path(), work.model_a):
+                self.host.load_model(work.model_a)
                 self.live = None
                 model = self.host.live_model()
-            state = self.live if self.live is not None and same_file(self.live.base_path, recipe.model_a) \
-                else LiveState(recipe.model_a)
-            sources = self._open(recipe)
+            state = self.live if self.live is not None and same_file(self.live.base_path, work.model_a) \
+                else LiveState(work.model_a)
             fids = {s: src.fid for s, src in sources.items()}
-            identity = (recipe.short_hash(), tuple(sorted(fids.items())))
+            identity = (work.short_hash(), tuple(sorted(fids.items())))
             if state.identity == identity:
                 self.live = state
-                self.last_message = f"{recipe.display_name()} is already loaded."
-                return Report(recipe=recipe)
+                self.last_message = f"{work.display_name()} is already loaded."
+                return Report(recipe=state.recipe or work)
             if state.fids != fids:
                 state.signatures.clear()
-            plan = build_plan(recipe, sources)
             owners = owner_map(model)
             sigs = {kp.key: plan.signature(kp.key) for kp in plan.items
                     if kp.action != "keep_a" and kp.key in owners}
@@ -219,7 +196,8 @@ class Session:
             back = [k for k in state.originals if k not in plan or plan[k].action == "keep_a"]
             sink = LiveSink(model, state, sources["a"])
             hits0 = self.cache.stats().hits
-            self.host.job_begin(f"Alloy: {recipe.display_name()}")
+            hashing = _hash_inputs(work)
+            self.host.job_begin(f"Alloy: {work.display_name()}")
 
             def on_progress(done, total, key):
                 self.host.job_progress(done, total, key)
@@ -236,16 +214,21 @@ class Session:
                 raise
             finally:
                 self.host.job_end()
+            final = work.replace(hashes=hashing.result())
             for key in sink.written:
                 state.signatures[key] = sigs[key]
-            state.recipe, state.identity, state.plan = recipe, identity, plan
+            state.recipe, state.identity, state.plan = final, identity, plan
             state.fids = fids
             self.live = state
+            report.recipe = final
             report.keys_from_cache = self.cache.stats().hits - hits0
-            self.host.on_live_changed(recipe)
-            self.history.append("live", recipe.to_dict(), seconds=round(report.seconds, 3),
-                                keys=len(todo), name=recipe.display_name(), hash=recipe.short_hash())
-            self.last_message = report.message()
+            report.warnings[:0] = notes
+            self.host.on_live_changed(final)
+            warning = self._record("live", final.to_dict(), seconds=round(report.seconds, 3), keys=len(todo),
+                                   name=final.display_name(), hash=final.short_hash())
+            if warning:
+                report.warnings.append(warning)
+            self.last_message = _with_warnings(report.message(), report.warnings)
             return report
 
     def _abandon(self, model, state: LiveState, src_a) -> None:
@@ -267,35 +250,42 @@ class Session:
             src_a = self.cache.open(state.base_path, "model A")
             fids = state.fids
             if fids and fids.get("a") != src_a.fid and any(o.kept is None for o in state.originals.values()):
-                raise AlloyError(f"{state.base_path} changed on disk since the merge; reload the checkpoint "
+                raise AlloyError(f"{shown(state.base_path)} changed on disk since the merge; reload the checkpoint "
                                  "in the WebUI to get its weights back.")
             n = len(state.originals)
             self._abandon(model, state, src_a)
-            self.history.append("restore", None, path=state.base_path)
-            self.last_message = f"Restored the original weights of {os.path.basename(state.base_path)} ({n} tensors)."
+            warning = self._record("restore", None, path=state.base_path)
+            self.last_message = _with_warnings(
+                f"Restored the original weights of {os.path.basename(state.base_path)} ({n} tensors).",
+                [warning] if warning else [])
             return self.last_message
 
     # ---- files --------------------------------------------------------------------------------
     def output_path(self, name: str) -> str:
-        """`name` (".safetensors" added) inside the models folder unless it is a path."""
-        if not name or not str(name).strip():
-            raise AlloyError("Give the output file a name.")
-        name = str(name).strip()
-        if not name.lower().endswith(".safetensors"):
-            name += ".safetensors"
-        return name if os.path.isabs(name) else os.path.join(self.host.models_dir(), name)
+        """Output `name` (".safetensors" added) inside the models folder; names only, no paths
+        (merger.paths.output_file: no `..`, absolute paths, links out or special files)."""
+        return output_file(self.host.models_dir(), name)
 
     def merge_to_file(self, recipe: Recipe, name: str, *, overwrite: bool = False, progress=None):
+        """Merge into a new file in the models folder. The file's metadata names the models by
+        file name and sha256; the history (local) keeps the paths."""
         from .filemerge import merge_to_file
         with self._exclusive():
-            recipe = self.resolve(recipe)
-            report = merge_to_file(recipe, self.output_path(name), overwrite=overwrite,
-                                   device=self.settings.compute_device, progress=progress,
-                                   should_stop=self._should_stop)
-            self.host.refresh_models()
-            self.history.append("file", report.recipe.to_dict(), path=report.path,
-                                seconds=round(report.seconds, 3), name=recipe.display_name())
-            self.last_message = report.message()
+            out = self.output_path(name)
+            resolved, names, notes = self.locate(recipe)
+            report = merge_to_file(resolved, out, overwrite=overwrite, device=self.settings.compute_device,
+                                   progress=progress, should_stop=self._should_stop, names=names)
+            report.warnings[:0] = notes
+            try:
+                self.host.refresh_models()
+            except Exception as e:  # noqa: BLE001 - the file is written; a stale list is a warning
+                log.warning("Alloy could not refresh the model list", exc_info=True)
+                report.warnings.append(f"the model list could not be refreshed ({type(e).__name__})")
+            warning = self._record("file", report.recipe.to_dict(), path=report.path,
+                                   seconds=round(report.seconds, 3), name=resolved.display_name())
+            if warning:
+                report.warnings.append(warning)
+            self.last_message = _with_warnings(report.message(), report.warnings)
             return report
 
     def save_live(self, name: str, *, dtype: str | None = None, prune: bool = False,
@@ -308,6 +298,10 @@ class Session:
         return self.merge_to_file(recipe, name, overwrite=overwrite)
 
     # ---- status -------------------------------------------------------------------------------
+    def models(self) -> list[str]:
+        """The model names this session can merge (the host's list)."""
+        return list(self.host.list_models())
+
     def status(self) -> dict:
         live = self.live
         recipe = live.recipe if live is not None else None
@@ -322,3 +316,27 @@ class Session:
             "cache": self.cache.stats()._asdict(),
             "message": self.last_message,
         }
+
+
+def _with_warnings(message: str, warnings: list) -> str:
+    return message + "".join(f" Warning: {w}." for w in warnings if w)
+
+
+def _hash_inputs(recipe: Recipe):
+    """A future of {slot: sha256} of the recipe's input files (the ones that can be hashed)."""
+    from .io import HashCache, sha256_file
+
+    def run() -> dict:
+        cache, out = HashCache.default(), {}
+        for slot in needed_slots(recipe):
+            path = getattr(recipe, MODEL_SLOTS[slot])
+            try:
+                out[slot] = sha256_file(path, cache)
+            except AlloyError as e:
+                log.warning("Alloy could not hash %s: %s", shown(path), e)
+        return out
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="alloy-hash")
+    try:
+        return pool.submit(run)
+    finally:
+        pool.shutdown(wait=False)

@@ -41,7 +41,7 @@ def test_merge_subprocess_progress_and_recipe_rerun(models, tmp_path):
     r = json.loads(recipe.read_text())
     assert r["mode"] == "add_difference" and r["alpha_blocks"] == "GRAD_V" and len(r["hashes"]["c"]) == 64
     out2 = tmp_path / "again.safetensors"
-    p = _run("run", recipe, "--out", out2, "--quiet")
+    p = _run("run", recipe, "--models-dir", models["a"].parent, "--out", out2, "--quiet")
     assert p.returncode == 0, p.stderr
     assert p.stdout == "" and p.stderr == ""
     assert out.read_bytes() == out2.read_bytes()
