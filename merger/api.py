@@ -1,34 +1,43 @@
-"""REST API under /alloy/v1/ (FastAPI 0.94, pydantic 1): merge, restore, save, status, presets.
+"""REST API under /alloy/v1/: merge, restore, save, status, presets, models, lora/*.
 
-Bad input answers 4xx with the AlloyError sentence as `detail` and changes nothing;
-a merge while another runs answers 409. Actions run as a host job (Session.job): in the WebUI they
-wait for a running generation first."""
-import os
-from typing import Optional
+Bodies are plain JSON objects checked by merger.schema (one validator for requests, recipe files,
+history and PNG info; no pydantic models, so the same code runs on the WebUI's FastAPI 0.94 /
+pydantic 1 and on Forge's pydantic 2). Bad input answers 400 with the AlloyError sentence as
+`detail` and changes nothing; a merge while another runs (or an interrupted one) answers 409; an
+unexpected internal error is logged with its traceback and answered 500 with a sentence. Names in
+bodies resolve only inside the host's model list and configured folders (merger.paths). Actions
+run as a host job (Session.job): in the WebUI they wait for a running generation first.
+`create_router(session, dependencies)` puts every route behind `dependencies` (the WebUI's
+--api-auth check, see merger.webui.api_dependencies)."""
+from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException
-from pydantic import BaseModel
+import logging
+from typing import Any, Callable
+
+from fastapi import APIRouter, Body, HTTPException
 
 from .errors import AlloyError, Interrupted
-from .recipe import Recipe
+from .recipe import DTYPES, Recipe
+from .schema import Custom, Flag, Text, check_object
 
 PREFIX = "/alloy/v1"
+log = logging.getLogger("alloy")
 
-
-class MergeRequest(BaseModel):
-    recipe: dict
-    target: str = "live"            # "live" | "file"
-    name: Optional[str] = None      # output file name (target "file")
-    dtype: Optional[str] = None     # output precision override (target "file")
-    overwrite: bool = False
-
-
-class SaveRequest(BaseModel):
-    name: str
-    dtype: Optional[str] = None
-    prune: bool = False
-    bake_vae: Optional[str] = None
-    overwrite: bool = False
+_NAME = Text(1024, optional=True)
+MERGE_SCHEMA = {
+    "recipe": Custom(lambda v, label: Recipe.from_dict(v)),
+    "target": Text(16, choices=("live", "file"), default="live"),
+    "name": _NAME,
+    "dtype": Text(16, optional=True, choices=DTYPES),
+    "overwrite": Flag(),
+}
+SAVE_SCHEMA = {
+    "name": Text(1024, nonempty=True),
+    "dtype": Text(16, optional=True, choices=DTYPES),
+    "prune": Flag(),
+    "bake_vae": _NAME,
+    "overwrite": Flag(),
+}
 
 
 def _http_error(e: AlloyError) -> HTTPException:
@@ -37,10 +46,26 @@ def _http_error(e: AlloyError) -> HTTPException:
     return HTTPException(status_code=code, detail=str(e))
 
 
+def answer(action: str, fn: Callable[[], Any]) -> Any:
+    """Run a route's work: AlloyError → 400/409 with its sentence; anything unexpected → logged
+    with its traceback and answered 500 with a sentence (never a bare server error)."""
+    try:
+        return fn()
+    except AlloyError as e:
+        raise _http_error(e) from None
+    except HTTPException:
+        raise
+    except Exception as e:  # noqa: BLE001 - the route's last line of defence
+        log.exception("Alloy: %s failed", action)
+        raise HTTPException(status_code=500, detail=f"Alloy's {action} failed with an unexpected "
+                                                    f"{type(e).__name__}; the server log has the details.") from None
+
+
 def _refuse_overwrite(session, name: str | None, overwrite: bool) -> None:
     """An existing output file is kept unless the request says `"overwrite": true` (named so)."""
     if overwrite or not (name or "").strip():
         return
+    import os
     path = session.output_path(name)
     if os.path.exists(path):
         raise AlloyError(f'{path} exists; send "overwrite": true to replace it.')
@@ -57,69 +82,70 @@ def _report(report) -> dict:
         "keys_from_cache": report.keys_from_cache,
         "recipe": recipe.to_dict() if recipe is not None else None,
         "hash": recipe.short_hash() if recipe is not None else None,
+        "warnings": list(getattr(report, "warnings", []) or []),
     }
 
 
-def parse_merge_request(req: MergeRequest) -> Recipe:
-    """The request's recipe, validated (no file access)."""
-    if req.target not in ("live", "file"):
-        raise AlloyError(f"Unknown target '{req.target}'; use \"live\" or \"file\".")
-    recipe = Recipe.from_dict(req.recipe)
-    if req.dtype:
-        recipe = recipe.replace(dtype=req.dtype)
+def parse_merge_request(body: Any) -> tuple[dict, Recipe]:
+    """(the checked request, its recipe); no file access."""
+    req = check_object(body, MERGE_SCHEMA, "The request", required=("recipe",))
+    recipe = req["recipe"]
+    if req["dtype"]:
+        recipe = recipe.replace(dtype=req["dtype"])
     recipe.validate()
-    if req.target == "file" and not (req.name or "").strip():
-        raise AlloyError("A file merge needs a \"name\" for the output file.")
-    return recipe
+    if req["target"] == "file" and not (req["name"] or "").strip():
+        raise AlloyError('A file merge needs a "name" for the output file.')
+    return req, recipe
 
 
-def create_router(session) -> APIRouter:
+def create_router(session, dependencies: list | None = None) -> APIRouter:
     """Routes bound to `session` (the WebUI mounts it at app start; the standalone app too)."""
-    router = APIRouter(prefix=PREFIX)
+    router = APIRouter(prefix=PREFIX, dependencies=list(dependencies or []))
 
     @router.post("/merge")
-    def merge(req: MergeRequest):
-        try:
-            recipe = parse_merge_request(req)
-            if req.target == "file":
-                _refuse_overwrite(session, req.name, req.overwrite)
+    def merge(body: Any = Body(None)):
+        def run():
+            req, recipe = parse_merge_request(body)
+            if req["target"] == "file":
+                _refuse_overwrite(session, req["name"], req["overwrite"])
             with session.job("Alloy merge"):
-                if req.target == "live":
-                    report = session.merge_live(recipe)
-                else:
-                    report = session.merge_to_file(recipe, req.name, overwrite=req.overwrite)
-        except AlloyError as e:
-            raise _http_error(e) from None
-        return _report(report)
+                if req["target"] == "live":
+                    return _report(session.merge_live(recipe))
+                return _report(session.merge_to_file(recipe, req["name"], overwrite=req["overwrite"]))
+        return answer("merge", run)
 
     @router.post("/restore")
     def restore():
-        try:
+        def run():
             with session.job("Alloy restore"):
                 return {"message": session.restore()}
-        except AlloyError as e:
-            raise _http_error(e) from None
+        return answer("restore", run)
 
     @router.post("/save")
-    def save(req: SaveRequest):
-        try:
-            _refuse_overwrite(session, req.name, req.overwrite)
+    def save(body: Any = Body(None)):
+        def run():
+            req = check_object(body, SAVE_SCHEMA, "The request", required=("name",))
+            _refuse_overwrite(session, req["name"], req["overwrite"])
             with session.job("Alloy save"):
-                report = session.save_live(req.name, dtype=req.dtype, prune=req.prune, bake_vae=req.bake_vae,
-                                           overwrite=req.overwrite)
-        except AlloyError as e:
-            raise _http_error(e) from None
-        return _report(report)
+                return _report(session.save_live(req["name"], dtype=req["dtype"], prune=req["prune"],
+                                                 bake_vae=req["bake_vae"], overwrite=req["overwrite"]))
+        return answer("save", run)
 
     @router.get("/status")
     def status():
-        return session.status()
+        return answer("status", session.status)
+
+    @router.get("/models")
+    def models():
+        return answer("model list", lambda: {"models": session.models()})
 
     @router.get("/presets")
     def presets():
-        from .presets import Presets
-        p = Presets()
-        return {"presets": {name: list(p.raw(name)) for name in p.names()}}
+        def run():
+            from .presets import Presets
+            p = Presets()
+            return {"presets": {name: list(p.raw(name)) for name in p.names()}}
+        return answer("preset list", run)
 
     from .lora.api import create_lora_router, session_resolver
     router.include_router(create_lora_router(session_resolver(session), prefix="/lora"))

@@ -9,6 +9,8 @@ import json
 import os
 
 from .errors import AlloyError
+from .locate import Candidate
+from .paths import shown
 from .session import Host, Session, same_file
 from .settings import OPTIONS, Settings, from_getter, option_key
 
@@ -37,18 +39,41 @@ class WebUIHost(Host):
         sd_models.list_models()
 
     def resolve_model(self, name: str) -> str:
+        """A checkpoint of the WebUI's list, by title, name, hash or path (a path only when it is one
+        of the listed files: names from the API and the UI reach nothing else)."""
         from modules import sd_models
-        if name and os.path.isfile(name):
-            return os.path.abspath(name)
-        info = sd_models.get_closet_checkpoint_match(name) if name else None
+        if isinstance(name, str) and os.path.isabs(name):
+            info = next((i for i in sd_models.checkpoints_list.values() if same_file(i.filename, name)), None)
+        else:
+            info = sd_models.get_closet_checkpoint_match(name) if name else None
         if info is None:
-            raise AlloyError(f"Checkpoint '{name}' is not in the WebUI's list; refresh the list or give its path.")
+            raise AlloyError(f"Checkpoint {shown(name)} is not in the WebUI's checkpoint list; refresh the list.")
         return info.filename
+
+    def model_candidates(self) -> list[Candidate]:
+        """Every listed checkpoint, with the sha256 the WebUI already knows (its hash cache)."""
+        from modules import sd_models
+        return [Candidate(i.title, i.filename, getattr(i, "sha256", None) or None)
+                for i in list(sd_models.checkpoints_list.values())]
+
+    def describe(self) -> str:
+        return "the WebUI's checkpoint list"
 
     def models_dir(self) -> str:
         from modules import sd_models, shared
         return (getattr(shared.cmd_opts, "ckpt_dir", None) or getattr(sd_models, "model_path", None)
                 or shared.models_path)
+
+    def vae_dirs(self) -> list[str]:
+        """The WebUI's VAE folders (--vae-dir, models/VAE) and the checkpoints folder."""
+        from modules import shared
+        dirs = [getattr(shared.cmd_opts, "vae_dir", None), os.path.join(shared.models_path, "VAE"), self.models_dir()]
+        return [d for d in dict.fromkeys(dirs) if d]
+
+    def lora_dir(self) -> str:
+        """The built-in Lora extension's folder (--lora-dir, else models/Lora)."""
+        from modules import shared
+        return getattr(shared.cmd_opts, "lora_dir", None) or os.path.join(shared.models_path, "Lora")
 
     def live_model(self):
         from modules import shared
@@ -161,8 +186,10 @@ def add_settings() -> None:
 
 
 def infotext_fields(recipe) -> dict:
+    """The generation infotext's Alloy fields: the recipe names its models by file name and short
+    sha256 (as the WebUI's own `Model hash`), never by path (images get shared)."""
     return {INFOTEXT_NAME: recipe.display_name(), INFOTEXT_HASH: recipe.short_hash(),
-            INFOTEXT_RECIPE: json.dumps(recipe.to_dict(), separators=(",", ":"))}
+            INFOTEXT_RECIPE: json.dumps(recipe.shared(short=True).to_dict(), separators=(",", ":"))}
 
 
 def make_script_class(session: Session):
@@ -250,12 +277,37 @@ def session_of_loaded_model():
     return getattr(model, SESSION_ATTR, None)
 
 
+def api_dependencies(app) -> list:
+    """The WebUI's own --api-auth check for Alloy's routes: the dependencies its /sdapi routes
+    carry (modules.api.api.Api.auth, HTTP basic against --api-auth's user:password pairs), or,
+    with --api-auth but without --api, that same Api.auth bound to the parsed credentials.
+    [] without --api-auth."""
+    from modules import shared
+    auth = getattr(shared.cmd_opts, "api_auth", None)
+    if not auth:
+        return []
+    for route in getattr(app, "routes", []):
+        if str(getattr(route, "path", "")).startswith("/sdapi/v1/") and getattr(route, "dependencies", None):
+            return list(route.dependencies)
+    import types
+
+    from fastapi import Depends
+    from modules.api.api import Api
+    holder = types.SimpleNamespace(credentials=dict(pair.split(":", 1) for pair in auth.split(",") if ":" in pair))
+    return [Depends(types.MethodType(Api.auth, holder))]
+
+
+def mount_api(session, app) -> None:
+    """Mount the REST API on the WebUI's app (at app start), behind the WebUI's --api-auth."""
+    from .api import create_router
+    app.include_router(create_router(session, dependencies=api_dependencies(app)))
+
+
 def register(data_dir: str | None = None):
     """Create the session (or take over the one of the loaded model after "Reload UI") and register
     every callback; returns the always-visible Script class.
     History lives in `data_dir`, else $ALLOY_DATA_DIR (tests), else the extension's data/ folder."""
     from modules import script_callbacks
-    from .api import create_router
     session = session_of_loaded_model()
     if session is None:
         host = WebUIHost()
@@ -271,7 +323,7 @@ def register(data_dir: str | None = None):
 
     script_callbacks.on_ui_settings(add_settings)
     script_callbacks.on_before_ui(lambda: register_axes(session))
-    script_callbacks.on_app_started(lambda demo, app: app.include_router(create_router(session)))
+    script_callbacks.on_app_started(lambda demo, app: mount_api(session, app))
     script_callbacks.on_model_loaded(on_model_loaded)
     script_callbacks.on_ui_tabs(lambda: build_tabs(session))
     cls = make_script_class(session)

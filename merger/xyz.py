@@ -64,7 +64,9 @@ def _field_value(field: str, value):
 
 
 def cell_recipe(base: Recipe, overrides: dict, load=Recipe.load) -> Recipe:
-    """The recipe of one cell: a recipe file first (when given), then every other axis value."""
+    """The recipe of one cell: a recipe file first (when given), then every other axis value.
+    `load(name)` reads a recipe file (Session.load_recipe_file: only inside the models or the
+    data folder); its models are found by sha256, then name, when the cell merges."""
     recipe = load(str(overrides["recipe"])) if overrides.get("recipe") else base
     changes = {f: _field_value(f, v) for f, v in overrides.items() if f != "recipe"}
     recipe = recipe.replace(**changes) if changes else recipe
@@ -112,7 +114,7 @@ def _confirm_value(spec: AxisSpec, x, session) -> None:
         if str(x).strip().lower() not in NONE_WORDS:
             session.host.resolve_model(str(x))
     elif spec.field == "recipe":
-        Recipe.load(str(x))
+        session.resolve(session.load_recipe_file(str(x)))
     elif spec.field in ("mode", "calc"):
         Recipe(model_a="a", **{spec.field: str(x)})
     else:
@@ -125,7 +127,7 @@ def run_cell(session, p):
     overrides = pending(p)
     if not overrides:
         return None
-    recipe = cell_recipe(session.xyz_base(), overrides)
+    recipe = cell_recipe(session.xyz_base(), overrides, load=session.load_recipe_file)
     report = session.merge_live(recipe)
     session.xyz_touched = True
     return report

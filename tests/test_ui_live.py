@@ -21,7 +21,7 @@ def test_live_merge_save_restore(tmp_path):
     ctx = TabContext(session, live=True)
     before = snapshot(w.model)
     f = {**fl.RECIPE_DEFAULTS, "model_a": w.paths["a"], "model_b": w.paths["b"], "alpha": 0.4,
-         "out_name": str(tmp_path / "saved"), "overwrite": False}
+         "out_name": "saved", "overwrite": False}
     out = run_guarded(lambda x: mp.on_merge(ctx, x), f)
     assert "keys merged" in out["status"], out
     assert any(not torch.equal(before[k], v) for k, v in snapshot(w.model).items())
@@ -30,7 +30,7 @@ def test_live_merge_save_restore(tmp_path):
     assert current["alpha"] == 0.4 and "the current merge" in current["status"]
 
     saved = run_guarded(lambda x: mp.on_save(ctx, x), {**f, "dtype": "fp32"})
-    assert (tmp_path / "saved.safetensors").is_file(), saved
+    assert (w.models / "saved.safetensors").is_file(), saved
 
     restored = run_guarded(lambda x: mp.on_restore(ctx, x), {})
     assert "Restored" in restored["status"]

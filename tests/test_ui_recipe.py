@@ -70,11 +70,14 @@ def test_png_upload_through_gradio_keeps_text(tmp_path):
     image = gr.Image(type="pil", source="upload").preprocess(
         "data:image/png;base64," + base64.b64encode(data).decode())
 
+    from merger.host import Host
+
+    class ListHost(Host):
+        def list_models(self):
+            return ["a.safetensors", "b.safetensors"]
+
     class S:
-        class host:
-            @staticmethod
-            def list_models():
-                return ["a.safetensors", "b.safetensors"]
+        host = ListHost()
         data_dir = None
         history = None
 

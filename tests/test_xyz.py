@@ -53,7 +53,7 @@ def test_grid_without_restore_keeps_last_and_model_b_axis(tmp_path):
     assert _merges(session) == 2 and len(results) == 4
     assert session.live.recipe.model_b == w.paths["c"]
     from merger.errors import AlloyError
-    with pytest.raises(AlloyError, match="not in the WebUI's list"):
+    with pytest.raises(AlloyError, match="not in the WebUI's checkpoint list"):
         _run(w, grid, mb, "missing.safetensors", 0, "")
 
 
@@ -95,7 +95,7 @@ def test_grid_is_refused_before_it_starts_when_the_base_model_is_unknown(tmp_pat
     from merger.recipe import Recipe
     w, session, grid, labels = _setup(tmp_path)
     session.set_draft(Recipe(model_a=str(tmp_path / "gone.safetensors"), model_b=w.paths["b"]))
-    with pytest.raises(AlloyError, match="not in the WebUI's list"):
+    with pytest.raises(AlloyError, match="not in the WebUI's checkpoint list"):
         _run(w, grid, labels.index("[Alloy] Alpha"), "0.2,0.4", labels.index("Seed"), "1")
     assert _merges(session) == 0
 

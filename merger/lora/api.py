@@ -1,136 +1,155 @@
 """Plain request functions for the HTTP API (`POST /alloy/v1/lora/{bake,merge,extract,resize}`).
 
-Each takes a JSON-like dict, validates it (AlloyError with one sentence) and returns the result
-dict (`LoraResult.to_dict()`). `resolve_path(name, kind)` maps user names to files
-(kind: "lora" | "model" | "out_lora" | "out_model"); the default keeps names as paths.
+Each takes a JSON-like dict, checks every field with merger.schema (types, ranges, real JSON
+booleans: `"overwrite": "false"` is refused, not read as true) and returns the result dict
+(`LoraResult.to_dict()`). `resolve_path(name, kind)` maps user names to files (kind: "lora" |
+"model" | "out_lora" | "out_model"); `session_resolver` confines them to the host's model list and
+its models / LoRA folders (merger.paths); the default `_same` keeps names as paths (library use).
 """
 from __future__ import annotations
 
-import os
-from typing import Callable
+from typing import Any, Callable
 
 from merger.errors import AlloyError
 from merger.lora.blocks import LoraSpec, parse_presets, parse_spec
+from merger.paths import input_file, output_file
+from merger.schema import Custom, Flag, ListOf, Number, Text, check_object, describe
 
 Resolver = Callable[[str, str], str]
+WHERE = "The request"
+RATIO_LIMIT = 100.0
+MAX_RANK = 1 << 16
 
 
 def _same(name: str, kind: str) -> str:
     return name
 
 
-def _get(req: dict, key: str, typ, default=None, required=False):
-    if not isinstance(req, dict):
-        raise AlloyError("the request body must be a JSON object")
-    if key not in req or req[key] is None:
-        if required:
-            raise AlloyError(f"the request needs '{key}'")
-        return default
-    v = req[key]
-    try:
-        return typ(v)
-    except (TypeError, ValueError):
-        raise AlloyError(f"'{key}' must be {typ.__name__}, got {v!r}") from None
+def _device(v, label):
+    if not isinstance(v, str) or not (v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()
+                                                                        and len(v) < 12)):
+        raise AlloyError(f'{label} must be "auto", "cpu", "cuda" or "cuda:N", not {describe(v)}.')
+    return v
 
 
-def _specs(req: dict, resolve: Resolver) -> list[LoraSpec]:
-    items = req.get("loras")
-    if not isinstance(items, list) or not items:
-        raise AlloyError("the request needs 'loras': a non-empty list")
-    out = []
-    for it in items:
-        if isinstance(it, str):
-            s = parse_spec(it)
-        elif isinstance(it, dict) and "path" in it:
-            s = LoraSpec(str(it["path"]), float(it.get("ratio", 1.0)), it.get("blocks") or None)
-        else:
-            raise AlloyError("each entry of 'loras' must be 'FILE:RATIO[:BLOCKS]' or {path, ratio, blocks}")
-        out.append(LoraSpec(resolve(s.path, "lora"), s.ratio, s.blocks))
-    return out
+def _lora_item(v, label) -> LoraSpec:
+    """"FILE:RATIO[:BLOCKS]" or {"path", "ratio", "blocks"}."""
+    if isinstance(v, str):
+        Text(4096).check(v, label)
+        spec = parse_spec(v)
+        Number(-RATIO_LIMIT, RATIO_LIMIT).check(spec.ratio, f"{label} ratio")
+        return spec
+    d = check_object(v, ITEM_SCHEMA, label, required=("path",))
+    return LoraSpec(d["path"], d["ratio"], d["blocks"] or None)
+
+
+ITEM_SCHEMA = {"path": Text(4096, nonempty=True), "ratio": Number(-RATIO_LIMIT, RATIO_LIMIT, default=1.0),
+               "blocks": Text(10_000, optional=True)}
+_OUT_DTYPES = ("fp16", "bf16", "fp32", "keep")
+_RANK = Number(1, MAX_RANK, integer=True, optional=True)
+_COMMON = {"out": Text(1024, nonempty=True), "overwrite": Flag(), "device": Custom(_device, default="auto")}
+_LORAS = ListOf(Custom(_lora_item), max_len=64)
+_PRESETS = Text(100_000, optional=True, line=False, default="")
+SCHEMAS = {
+    "bake": {**_COMMON, "model": Text(4096, nonempty=True), "loras": _LORAS, "presets": _PRESETS,
+             "dtype": Text(16, choices=_OUT_DTYPES[:3], default="fp16")},
+    "merge": {**_COMMON, "loras": _LORAS, "mode": Text(16, choices=("svd", "concat"), default="svd"),
+              "rank": _RANK, "conv_rank": _RANK, "clamp_quantile": Number(1e-9, 1, optional=True),
+              "presets": _PRESETS, "dtype": Text(16, choices=_OUT_DTYPES, default="keep")},
+    "extract": {**_COMMON, "tuned": Text(4096, nonempty=True), "base": Text(4096, nonempty=True),
+                "rank": Number(1, MAX_RANK, integer=True), "conv_rank": _RANK,
+                "min_diff": Number(0, 1e6, default=0.01), "clamp_quantile": Number(1e-9, 1, optional=True, default=0.99),
+                "dtype": Text(16, choices=_OUT_DTYPES[:3], default="fp16")},
+    "resize": {**_COMMON, "lora": Text(4096, nonempty=True), "rank": _RANK,
+               "dynamic": Text(16, optional=True, choices=("sv_fro", "sv_ratio", "sv_cumulative")),
+               "param": Number(-1e6, 1e6, optional=True), "verbose": Flag(),
+               "dtype": Text(16, choices=_OUT_DTYPES, default="keep")},
+}
+REQUIRED = {"bake": ("model", "loras", "out"), "merge": ("loras", "out"), "extract": ("tuned", "base", "out", "rank"),
+            "resize": ("lora", "out")}
+
+
+def _check(op: str, req) -> dict:
+    return check_object(req, SCHEMAS[op], WHERE, required=REQUIRED[op])
+
+
+def _specs(r: dict, resolve: Resolver) -> list[LoraSpec]:
+    return [LoraSpec(resolve(s.path, "lora"), s.ratio, s.blocks) for s in r["loras"]]
 
 
 def bake(req: dict, resolve: Resolver = _same, progress=None) -> dict:
     from merger.lora.bake import bake as run
-    return run(resolve(_get(req, "model", str, required=True), "model"), _specs(req, resolve),
-               resolve(_get(req, "out", str, required=True), "out_model"),
-               dtype=_get(req, "dtype", str, "fp16"), overwrite=_get(req, "overwrite", bool, False),
-               presets=parse_presets(_get(req, "presets", str, "")), device=_get(req, "device", str, "auto"),
-               progress=progress).to_dict()
+    r = _check("bake", req)
+    return run(resolve(r["model"], "model"), _specs(r, resolve), resolve(r["out"], "out_model"),
+               dtype=r["dtype"], overwrite=r["overwrite"], presets=parse_presets(r["presets"]),
+               device=r["device"], progress=progress).to_dict()
 
 
 def merge(req: dict, resolve: Resolver = _same, progress=None) -> dict:
     from merger.lora.merge import merge_loras
-    mode = _get(req, "mode", str, "svd")
-    return merge_loras(_specs(req, resolve), resolve(_get(req, "out", str, required=True), "out_lora"),
-                       mode=mode, rank=_get(req, "rank", int, None), conv_rank=_get(req, "conv_rank", int, None),
-                       clamp_quantile=_get(req, "clamp_quantile", float, None), dtype=_get(req, "dtype", str, "keep"),
-                       overwrite=_get(req, "overwrite", bool, False), presets=parse_presets(_get(req, "presets", str, "")),
-                       device=_get(req, "device", str, "auto"), progress=progress).to_dict()
+    r = _check("merge", req)
+    return merge_loras(_specs(r, resolve), resolve(r["out"], "out_lora"), mode=r["mode"], rank=r["rank"],
+                       conv_rank=r["conv_rank"], clamp_quantile=r["clamp_quantile"], dtype=r["dtype"],
+                       overwrite=r["overwrite"], presets=parse_presets(r["presets"]), device=r["device"],
+                       progress=progress).to_dict()
 
 
 def extract(req: dict, resolve: Resolver = _same, progress=None) -> dict:
     from merger.lora.extract import extract as run
-    return run(resolve(_get(req, "tuned", str, required=True), "model"),
-               resolve(_get(req, "base", str, required=True), "model"),
-               resolve(_get(req, "out", str, required=True), "out_lora"), rank=_get(req, "rank", int, required=True),
-               conv_rank=_get(req, "conv_rank", int, None), min_diff=_get(req, "min_diff", float, 0.01),
-               clamp_quantile=_get(req, "clamp_quantile", float, 0.99), dtype=_get(req, "dtype", str, "fp16"),
-               overwrite=_get(req, "overwrite", bool, False), device=_get(req, "device", str, "auto"),
-               progress=progress).to_dict()
+    r = _check("extract", req)
+    return run(resolve(r["tuned"], "model"), resolve(r["base"], "model"), resolve(r["out"], "out_lora"),
+               rank=r["rank"], conv_rank=r["conv_rank"], min_diff=r["min_diff"],
+               clamp_quantile=r["clamp_quantile"], dtype=r["dtype"], overwrite=r["overwrite"],
+               device=r["device"], progress=progress).to_dict()
 
 
 def resize(req: dict, resolve: Resolver = _same, progress=None) -> dict:
     from merger.lora.resize import resize_lora
-    return resize_lora(resolve(_get(req, "lora", str, required=True), "lora"),
-                       resolve(_get(req, "out", str, required=True), "out_lora"),
-                       rank=_get(req, "rank", int, None), dynamic=_get(req, "dynamic", str, None),
-                       param=_get(req, "param", float, None), dtype=_get(req, "dtype", str, "keep"),
-                       overwrite=_get(req, "overwrite", bool, False), device=_get(req, "device", str, "auto"),
-                       verbose=_get(req, "verbose", bool, False), progress=progress).to_dict()
+    r = _check("resize", req)
+    return resize_lora(resolve(r["lora"], "lora"), resolve(r["out"], "out_lora"), rank=r["rank"],
+                       dynamic=r["dynamic"], param=r["param"], dtype=r["dtype"], overwrite=r["overwrite"],
+                       device=r["device"], verbose=r["verbose"], progress=progress).to_dict()
 
 
 OPERATIONS = {"bake": bake, "merge": merge, "extract": extract, "resize": resize}
+LORA_EXTS = (".safetensors", ".pt", ".ckpt")
 
 
 def session_resolver(session, lora_dir: str | None = None) -> Resolver:
-    """name, kind -> path: LoRAs relative to lora_dir, models through the host, outputs into
-    lora_dir (LoRAs) or the host's models folder (checkpoints). Absolute paths pass through."""
+    """name, kind -> path, confined by merger.paths: LoRAs inside lora_dir (default the host's
+    LoRA folder), models through the host's model list, outputs into lora_dir (LoRAs) or the
+    host's models folder (checkpoints). Absolute paths outside those folders are refused."""
     host = getattr(session, "host", None)
     if lora_dir is None and host is not None and hasattr(host, "lora_dir"):
         lora_dir = host.lora_dir()
+    models_dir = host.models_dir() if host is not None else None
 
     def resolve(name: str, kind: str) -> str:
-        name = (name or "").strip()
-        if not name:
-            raise AlloyError(f"a {kind.replace('_', ' ')} name is needed")
-        if os.path.isabs(name):
-            return name
         if kind == "model" and host is not None:
             return host.resolve_model(name)
         if kind == "out_model":
-            base = host.models_dir() if host is not None else os.getcwd()
-            return os.path.join(base, name if name.endswith(".safetensors") else name + ".safetensors")
-        base = lora_dir or os.getcwd()
-        if kind == "out_lora" and not name.endswith(".safetensors"):
-            name += ".safetensors"
-        return os.path.join(base, name)
+            return output_file(models_dir or lora_dir, name)
+        if kind == "out_lora":
+            return output_file(lora_dir or models_dir, name, what="output LoRA")
+        return input_file([lora_dir or models_dir], name, what="LoRA", exts=LORA_EXTS)
     return resolve
 
 
-def create_lora_router(resolve_path: Resolver = _same, prefix: str = "/alloy/v1/lora"):
-    """FastAPI router with POST /alloy/v1/lora/{bake,merge,extract,resize}; AlloyError → 400."""
-    from fastapi import APIRouter, Body, HTTPException
+def create_lora_router(resolve_path: Resolver = _same, prefix: str = "/alloy/v1/lora", dependencies=None):
+    """FastAPI router with POST /alloy/v1/lora/{bake,merge,extract,resize} (merger.api.answer:
+    AlloyError → 400, anything unexpected → logged, 500 with a sentence)."""
+    from fastapi import APIRouter, Body
 
-    router = APIRouter(prefix=prefix)
+    from merger.api import answer
 
-    def endpoint(fn):
-        def handler(req: dict = Body(...)):
-            try:
-                return fn(req, resolve_path)
-            except AlloyError as e:
-                raise HTTPException(status_code=400, detail=str(e)) from None
+    router = APIRouter(prefix=prefix, dependencies=list(dependencies or []))
+
+    def endpoint(name, fn):
+        def handler(req: Any = Body(None)):
+            return answer(f"LoRA {name}", lambda: fn(req, resolve_path))
         return handler
 
     for name, fn in OPERATIONS.items():
-        router.add_api_route(f"/{name}", endpoint(fn), methods=["POST"], name=f"alloy_lora_{name}")
+        router.add_api_route(f"/{name}", endpoint(name, fn), methods=["POST"], name=f"alloy_lora_{name}")
     return router
+

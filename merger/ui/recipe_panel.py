@@ -24,8 +24,33 @@ def history_choices(ctx: TabContext) -> list[str]:
     return [label for label, _ in rs.history_recipes(getattr(ctx.session, "history", None))]
 
 
+def host_names(ctx: TabContext, recipe: Recipe) -> tuple[Recipe, list[str]]:
+    """`recipe` with models A, B, C as the host lists them, each found by sha256 first, then by
+    name (merger.locate); a sentence for each model that is not there (its name is kept)."""
+    from ..locate import Finder
+    from ..recipe import MODEL_SLOTS
+    host = ctx.host
+    finder = Finder(host.model_candidates(), direct=host.resolve_model, where=host.describe())
+    changes, notes = {}, []
+    for slot in ("a", "b", "c"):
+        value = getattr(recipe, MODEL_SLOTS[slot])
+        if not value:
+            continue
+        try:
+            cand, note = finder.find(slot, value, (recipe.hashes or {}).get(slot))
+        except AlloyError as e:
+            notes.append(str(e).rstrip("."))
+            continue
+        changes[MODEL_SLOTS[slot]] = cand.name
+        if note:
+            notes.append(note)
+    return recipe.replace(**changes), notes
+
+
 def apply_recipe(ctx: TabContext, recipe: Recipe, f: dict, source: str) -> dict:
-    """Every control's new value for `recipe`, the JSON box, and a status naming the source."""
+    """Every control's new value for `recipe`, the JSON box, and a status naming the source.
+    Models are shown as the host lists them (found by sha256, then name)."""
+    recipe, missing = host_names(ctx, recipe)
     values = fl.fields_from_recipe(recipe, ctx.model_names())
     out = {"recipe_json": recipe.to_json(), **values}
     view = method_view(values["mode"], values["calc"])
@@ -40,6 +65,7 @@ def apply_recipe(ctx: TabContext, recipe: Recipe, f: dict, source: str) -> dict:
         out.update(show_sliders(ctx, {**f, **values}))
     except AlloyError:
         pass  # the block list belongs to another architecture; model A's detection redraws the sliders
+    note += "".join(f" {m}." for m in missing)
     out["status"] = f"Loaded {recipe.display_name()} from {source}.{note}"
     return out
 
