@@ -21,12 +21,12 @@ SEED_RANGE = (-(1 << 63), (1 << 64) - 1)
 MAX_RECIPE_BYTES = 16 << 20
 MODEL_SLOTS = {"a": "model_a", "b": "model_b", "c": "model_c", "vae": "bake_vae"}
 
-_NAME = Text(4096, optional=True)
+_NAME = Text(4096, optional=True, line=False)     # paths may hold any character but NUL (CLI)
 _RATIO = Number(-RATIO_LIMIT, RATIO_LIMIT)
 SCHEMA = {
     "type": Text(64, optional=True, choices=(RECIPE_TYPE,)),
     "version": Number(1, RECIPE_VERSION, integer=True, optional=True),
-    "model_a": Text(4096, nonempty=True), "model_b": _NAME, "model_c": _NAME,
+    "model_a": Text(4096, nonempty=True, line=False), "model_b": _NAME, "model_c": _NAME,
     "mode": Text(64), "calc": Text(64),
     "alpha": _RATIO, "beta": _RATIO, "gamma": _RATIO,
     "alpha_blocks": Text(20_000, optional=True), "beta_blocks": Text(20_000, optional=True),
@@ -212,9 +212,13 @@ def file_name(path: str | None) -> str | None:
 
 
 def _stem(path: str | None) -> str:
+    """The file name without its model extension; control characters escaped (it goes into
+    messages and the infotext's `Alloy merge`)."""
     if not path:
         return "?"
     base = file_name(path)
+    if not base.isprintable():
+        base = repr(base)[1:-1]
     for ext in (".safetensors", ".ckpt", ".pt", ".bin"):
         if base.lower().endswith(ext):
             return base[: -len(ext)]

@@ -66,6 +66,7 @@ def make_world(tmp_path, *, no_half=False, fp8=False, cache_fp16=False, vae=Fals
     scripts.scripts_data.clear()
     shared.state = shared_state.State()
     shared.cmd_opts.no_half = no_half
+    shared.cmd_opts.api_auth = None
     shared.opts.data.update({"fp8_storage": "Enable" if fp8 else "Disable", "cache_fp16_weight": cache_fp16,
                              "sd_model_checkpoint": None})
     for k in [k for k in shared.opts.data if k.startswith("alloy_")]:

@@ -5,7 +5,7 @@ from modules import shared_state
 from modules.options import OptionInfo, Options  # noqa: F401  (the WebUI re-exports OptionInfo here)
 
 cmd_opts = types.SimpleNamespace(no_half=False, no_half_vae=False, ckpt_dir=None, lowvram=False,
-                                 medvram=False, api=True)
+                                 medvram=False, api=True, api_auth=None)
 models_path = ""
 data_path = ""
 opts = Options({
