@@ -39,16 +39,19 @@ class History:
         out = []
         for line in reversed(lines):
             try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
+                entry = json.loads(line)
+            except (json.JSONDecodeError, RecursionError):
                 continue
+            if not isinstance(entry, dict):
+                continue
+            out.append(entry)
             if limit is not None and len(out) >= limit:
                 break
         return out
 
     def last_recipe(self) -> dict | None:
         for e in self.entries():
-            if e.get("recipe"):
+            if isinstance(e.get("recipe"), dict):
                 return e["recipe"]
         return None
 

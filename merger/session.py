@@ -185,8 +185,9 @@ class Session:
             identity = (work.short_hash(), tuple(sorted(fids.items())))
             if state.identity == identity:
                 self.live = state
-                self.last_message = f"{work.display_name()} is already loaded."
-                return Report(recipe=state.recipe or work)
+                report = Report(recipe=state.recipe or work, warnings=list(notes))
+                self.last_message = _with_warnings(f"{work.display_name()} is already loaded.", notes)
+                return report
             if state.fids != fids:
                 state.signatures.clear()
             owners = owner_map(model)

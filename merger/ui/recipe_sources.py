@@ -17,7 +17,7 @@ def _decode_json_at(text: str, start: int):
     """The JSON value beginning at text[start] (object or string), or None."""
     try:
         value, _ = json.JSONDecoder().raw_decode(text, start)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         return None
     return value
 
@@ -47,11 +47,12 @@ def _infotext_value(parameters: str, key: str = INFOTEXT_KEY):
 
 def _from_history(history, short_hash: str) -> Recipe | None:
     for entry in history.entries() if history is not None else ():
-        d = entry.get("recipe")
-        if d:
-            r = Recipe.from_dict(d)
-            if r.short_hash() == short_hash:
-                return r
+        try:
+            r = Recipe.from_dict(entry["recipe"]) if entry.get("recipe") else None
+        except AlloyError:          # an entry a newer or older version wrote, or an edited line
+            continue
+        if r is not None and r.short_hash() == short_hash:
+            return r
     return None
 
 
@@ -87,31 +88,32 @@ def recipe_from_png_info(info: dict, history=None) -> Recipe:
     raise AlloyError("The image holds no Alloy recipe (no 'Alloy recipe' field in its PNG text).")
 
 
-def _a1111_recipe(metadata: dict) -> Recipe | None:
-    """Best-effort recipe from the built-in merger's `sd_merge_recipe` + `sd_merge_models` fields."""
+def _a1111_recipe(metadata: dict, label: str) -> Recipe | None:
+    """Best-effort recipe from the built-in merger's `sd_merge_recipe` + `sd_merge_models` fields
+    (checked like any recipe: a malformed value is a sentence naming the checkpoint)."""
     try:
         md = json.loads(metadata.get("sd_merge_recipe") or "null")
         models = json.loads(metadata.get("sd_merge_models") or "{}")
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         return None
     if not isinstance(md, dict) or not isinstance(models, dict):
         return None
 
     def name(key):
         h = md.get(key)
-        entry = models.get(h) if h else None
-        return (entry or {}).get("name") if isinstance(entry, dict) else None
+        entry = models.get(h) if isinstance(h, str) else None
+        return entry.get("name") if isinstance(entry, dict) else None
 
     a, b, c = name("primary_model_hash"), name("secondary_model_hash"), name("tertiary_model_hash")
     if not (a and b):
         return None
     interp = str(md.get("interp_method") or "Weighted sum")
     mode = "add_difference" if interp.lower().startswith("add") else "weight_sum"
-    return Recipe(model_a=a, model_b=b, model_c=c if mode != "weight_sum" else None, mode=mode,
-                  calc=md.get("calc") or "normal", alpha=float(md.get("multiplier", 0.5)),
-                  beta=float(md.get("beta", 0.25) or 0.25),
-                  alpha_blocks=md.get("alpha_blocks"), beta_blocks=md.get("beta_blocks"),
-                  dtype="fp16" if md.get("save_as_half") else "fp32")
+    d = {"model_a": a, "model_b": b, "model_c": c if mode != "weight_sum" else None, "mode": mode,
+         "calc": md.get("calc") or "normal", "alpha": md.get("multiplier", 0.5), "beta": md.get("beta") or 0.25,
+         "alpha_blocks": md.get("alpha_blocks"), "beta_blocks": md.get("beta_blocks"),
+         "dtype": "fp16" if md.get("save_as_half") else "fp32"}
+    return Recipe.from_dict(d, where=f"The merge recipe in {label}")
 
 
 def recipe_from_checkpoint(path: str) -> Recipe:
@@ -124,7 +126,10 @@ def recipe_from_checkpoint(path: str) -> Recipe:
         metadata = dict(src.metadata or {})
     finally:
         src.close()
-    recipe = recipe_from_metadata(metadata) or _a1111_recipe(metadata)
+    try:
+        recipe = recipe_from_metadata(metadata) or _a1111_recipe(metadata, label)
+    except AlloyError as e:
+        raise AlloyError(f"{label}: {e}") from None
     if recipe is None:
         raise AlloyError(f"{label} carries no merge recipe in its metadata.")
     return recipe
