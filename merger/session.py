@@ -197,7 +197,8 @@ class Session:
             back = [k for k in state.originals if k not in plan or plan[k].action == "keep_a"]
             sink = LiveSink(model, state, sources["a"])
             hits0 = self.cache.stats().hits
-            hashing = _hash_inputs(work)
+            hashing = _hash_inputs(work, {os.path.realpath(c.path): c.sha256 for c in self.host.model_candidates()
+                                          if c.sha256 and len(c.sha256) == 64})
             self.host.job_begin(f"Alloy: {work.display_name()}")
 
             def on_progress(done, total, key):
@@ -323,8 +324,9 @@ def _with_warnings(message: str, warnings: list) -> str:
     return message + "".join(f" Warning: {w}." for w in warnings if w)
 
 
-def _hash_inputs(recipe: Recipe):
-    """A future of {slot: sha256} of the recipe's input files (the ones that can be hashed)."""
+def _hash_inputs(recipe: Recipe, known: dict):
+    """A future of {slot: sha256} of the recipe's input files (the ones that can be hashed);
+    `known` {realpath: sha256} are the host's own hashes (the WebUI's cache), used as they are."""
     from .io import HashCache, sha256_file
 
     def run() -> dict:
@@ -332,7 +334,7 @@ def _hash_inputs(recipe: Recipe):
         for slot in needed_slots(recipe):
             path = getattr(recipe, MODEL_SLOTS[slot])
             try:
-                out[slot] = sha256_file(path, cache)
+                out[slot] = known.get(os.path.realpath(path)) or sha256_file(path, cache)
             except AlloyError as e:
                 log.warning("Alloy could not hash %s: %s", shown(path), e)
         return out

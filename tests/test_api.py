@@ -49,3 +49,19 @@ def test_bad_input_is_4xx_and_changes_nothing(tmp_path):
     assert r.status_code == 400 and "unknown field" in r.json()["detail"]
     assert not diff_keys(before, snapshot(w.model))
     assert s.live.recipe.alpha == 0.4
+
+
+def test_unexpected_error_is_logged_and_answered_with_a_sentence(tmp_path, caplog):
+    """A bug inside a route (here: a host whose model list breaks) is a 500 with one sentence, and
+    the traceback goes to the log; expected problems stay 400."""
+    import logging
+    w, s, c = _client(tmp_path)
+
+    def broken():
+        raise KeyError("boom")
+    s.host.list_models = broken
+    with caplog.at_level(logging.ERROR, logger="alloy"):
+        r = c.get("/alloy/v1/models")
+    assert r.status_code == 500 and r.json()["detail"].startswith("Alloy's model list failed with an unexpected KeyError")
+    assert any(rec.exc_info and "boom" in str(rec.exc_info[1]) for rec in caplog.records)
+    assert c.get("/alloy/v1/status").status_code == 200

@@ -84,7 +84,10 @@ def _world(tmp):
     standalone = Session(StandaloneHost(str(models2), str(loras)), str(tmp / "data2"), Settings())
     app = FastAPI()
     app.include_router(create_router(standalone))
-    return types.SimpleNamespace(webui=c, standalone=TestClient(app), outside=str(outside), folders=folders)
+    special = [os.path.join(d, n) for d in folders for n in ("escape", "fifo.safetensors", "null.safetensors")
+               if os.path.lexists(os.path.join(d, n))]
+    return types.SimpleNamespace(webui=c, standalone=TestClient(app), outside=str(outside), folders=folders,
+                                 special=special)
 
 
 def _tree(folder) -> dict:
@@ -98,9 +101,8 @@ def _tree(folder) -> dict:
 
 
 def _special(world) -> dict:
-    return {p: os.lstat(p).st_mode for d in world.folders for p in
-            (os.path.join(d, "escape"), os.path.join(d, "fifo.safetensors"), os.path.join(d, "null.safetensors"))
-            if os.path.lexists(p)}
+    """The links and the FIFO made at set-up: still there, still what they were."""
+    return {p: os.lstat(p).st_mode if os.path.lexists(p) else None for p in world.special}
 
 
 @st.composite

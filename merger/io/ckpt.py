@@ -12,6 +12,7 @@ import warnings
 import torch
 
 from merger.errors import AlloyError
+from merger.io.dtypes import DTYPE_TO_NAME
 from merger.paths import shown
 
 _NESTING_KEYS = ("state_dict",)
@@ -31,8 +32,11 @@ def unwrap_state_dict(obj: object) -> dict:
 
 
 def tensors_only(obj: dict) -> dict[str, torch.Tensor]:
-    """String-keyed tensor entries of a state dict; everything else (epoch, step, ...) dropped."""
-    return {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    """String-keyed dense tensors of a dtype safetensors can store; everything else (epoch, step,
+    sparse or quantized tensors, complex numbers, ...) dropped."""
+    return {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)
+            and v.layout == torch.strided and not v.is_quantized and v.dtype in DTYPE_TO_NAME
+            and v.device.type == "cpu"}
 
 
 def _why(exc: BaseException) -> str:
