@@ -6,7 +6,10 @@ import os
 import threading
 import time
 
+from .paths import file_problem
+
 FILE_NAME = "history.jsonl"
+MAX_BYTES = 64 << 20
 
 
 class History:
@@ -30,9 +33,12 @@ class History:
         return entry
 
     def entries(self, limit: int | None = None) -> list[dict]:
-        """Newest first; unreadable lines are skipped."""
+        """Newest first; unreadable lines are skipped (and a history that is not a regular file,
+        or larger than MAX_BYTES, reads as empty)."""
+        if file_problem(self.path) or os.path.getsize(self.path) > MAX_BYTES:
+            return []
         try:
-            with open(self.path, encoding="utf-8") as f:
+            with open(self.path, encoding="utf-8", errors="replace") as f:
                 lines = f.read().splitlines()
         except OSError:
             return []
@@ -56,7 +62,9 @@ class History:
         return None
 
     def _trim(self) -> None:
-        with open(self.path, encoding="utf-8") as f:
+        if file_problem(self.path):
+            return
+        with open(self.path, encoding="utf-8", errors="replace") as f:
             lines = f.read().splitlines()
         if len(lines) <= 2 * self.max_entries:
             return

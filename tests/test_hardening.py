@@ -270,3 +270,4 @@ def test_finding6_side_writes_never_undo_or_fail_a_merge(tmp_path, capsys):
     assert not diff_keys(orig, snapshot(w.model))
     rep = s.merge_live(Recipe.from_dict(RECIPE))
     assert rep.warnings and "history" in s.last_message and json.loads(json.dumps(s.status()))["merged"]
+    assert s.history.entries() == [] and s.xyz_base().alpha == 0.3          # reading it never hangs
