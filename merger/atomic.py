@@ -1,4 +1,4 @@
-"""Small atomic text writes (recipes, history, presets): temp file + fsync + rename."""
+"""Small atomic writes (recipes, history, presets, plots): temp file + fsync + rename."""
 from __future__ import annotations
 
 import os
@@ -11,6 +11,12 @@ from .paths import shown
 def atomic_write_text(path: str, text: str, *, overwrite: bool = True) -> str:
     """Write `text` to `path` so that readers see either the old file or the complete new one.
     A failure (full disk, read-only folder) is one AlloyError naming the file; nothing is left."""
+    return atomic_write_bytes(path, text.encode("utf-8"), overwrite=overwrite)
+
+
+def atomic_write_bytes(path: str, data: bytes, *, overwrite: bool = True) -> str:
+    """Write `data` to `path` so that readers see either the old file or the complete new one.
+    A failure (full disk, read-only folder) is one AlloyError naming the file; nothing is left."""
     path = os.path.abspath(path)
     folder = os.path.dirname(path)
     if not os.path.isdir(folder):
@@ -20,8 +26,8 @@ def atomic_write_text(path: str, text: str, *, overwrite: bool = True) -> str:
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -1,4 +1,4 @@
-"""`python -m merger …`: merge, run, inspect, presets, ui, lora."""
+"""`python -m merger …`: merge, run, inspect, diff, presets, ui, lora."""
 from __future__ import annotations
 
 import argparse
@@ -14,7 +14,7 @@ from .recipe import CALCS, MODES, Recipe
 EXIT_ERROR = 2
 
 
-def _progress(quiet: bool):
+def _progress(quiet: bool, desc: str = "merging"):
     """A tqdm bar on stderr; phases (statistics pre-pass, merge) each get their own bar."""
     if quiet:
         return None, lambda: None
@@ -27,8 +27,8 @@ def _progress(quiet: bool):
         if bar is None or total != state["total"] or done < bar.n:
             if bar is not None:
                 bar.close()
-            desc = "statistics" if str(key).startswith("statistics ") else "merging"
-            state["bar"] = bar = tqdm(total=total, desc=desc, unit="key", file=sys.stderr, leave=False)
+            phase = "statistics" if str(key).startswith("statistics ") else desc
+            state["bar"] = bar = tqdm(total=total, desc=phase, unit="key", file=sys.stderr, leave=False)
             state["total"] = total
         bar.update(done - bar.n)
 
@@ -55,13 +55,21 @@ def _add_merge_args(p):
     sel.add_argument("--include", default="", help="merge only these blocks / VAE / ADJUST / key substrings")
     sel.add_argument("--exclude", default="", help="keep model A for these blocks / VAE / ADJUST / key substrings")
     p.add_argument("--adjust", default="", help='8 numbers "IN,OUT,OUT2,CONT,BRI,COL1,COL2,COL3"')
-    p.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32", "keep"])
+    p.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32", "keep", "fp8_e4m3fn", "fp8_e5m2"],
+                   help="output precision (fp8: the UNet in fp8, the rest in fp16)")
     p.add_argument("--compute-dtype", default="fp32", choices=["fp32", "fp64"])
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--prune", action="store_true", help="drop EMA weights and schedule buffers")
     p.add_argument("--bake-vae", help="replace the VAE with this file's weights")
     p.add_argument("--fix-clip-ids", action="store_true", help="repair CLIP position_ids to 0..76")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of random block weights (R/U/X/D tokens) and random calcs; -1 = a new one")
+    p.add_argument("--dice-upper", help="X: upper limit (D: centre), one value or one per block (default 1)")
+    p.add_argument("--dice-lower", help="X: lower limit (D: width), one value or per block; '0.2R0.5' = "
+                                        "0.2 with probability 0.5, else 0 (default 0)")
+    p.add_argument("--dice-max", help="clamp drawn values to at most this (default 1)")
+    p.add_argument("--dice-min", help="clamp drawn values to at least this (default 0)")
+    p.add_argument("--dice-round", type=int, help="decimals of drawn values (default 3)")
 
 
 def _add_common_out(p):
@@ -98,6 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("diff", help="compare two models per block and component (cosine, relative distance)")
+    p.add_argument("model_a")
+    p.add_argument("model_b")
+    p.add_argument("--json", action="store_true", help="print the numbers as JSON")
+    p.add_argument("--plot", help="also draw the per-block chart into this .png file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing plot file")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
     p = sub.add_parser("presets", help="list block-weight presets")
     p.add_argument("--arch", default="sd1", choices=["sd1", "sd2", "sdxl", "flux"])
     p.add_argument("--presets", default=os.environ.get("ALLOY_PRESETS"), help="user presets file")
@@ -119,12 +135,17 @@ def _presets(path):
     return Presets(path)
 
 
+def _dice_args(a) -> dict | None:
+    limits = {k: getattr(a, f"dice_{k}") for k in ("upper", "lower", "max", "min", "round")}
+    return {k: v for k, v in limits.items() if v is not None} or None
+
+
 def _recipe_from_args(a) -> Recipe:
     return Recipe(model_a=a.model_a, model_b=a.model_b, model_c=a.model_c, mode=a.mode, calc=a.calc,
                   alpha=a.alpha, beta=a.beta, gamma=a.gamma, alpha_blocks=a.alpha_blocks,
                   beta_blocks=a.beta_blocks, elemental=a.elemental, include=a.include, exclude=a.exclude,
                   adjust=a.adjust, dtype=a.dtype, compute_dtype=a.compute_dtype, prune=a.prune,
-                  bake_vae=a.bake_vae, fix_clip_ids=a.fix_clip_ids, seed=a.seed)
+                  bake_vae=a.bake_vae, fix_clip_ids=a.fix_clip_ids, seed=a.seed, dice=_dice_args(a))
 
 
 def _run_merge(recipe: Recipe, a, verify: bool, names: dict | None = None) -> int:
@@ -156,6 +177,10 @@ def _run_merge(recipe: Recipe, a, verify: bool, names: dict | None = None) -> in
         close()
     for w in report.warnings:
         print(f"warning: {w}", file=sys.stderr)
+    dice = report.recipe.dice if report.recipe is not None else None
+    if dice and not a.quiet:
+        drawn = [f"{w} {getattr(report.recipe, w + '_blocks')}" for w in ("alpha", "beta") if dice.get(w)]
+        print(f"random seed {dice['seed']}: " + "; ".join(drawn), file=sys.stderr)
     if not a.quiet:
         print(report.message())
     return 0
@@ -209,6 +234,30 @@ def cmd_inspect(a) -> int:
     return 0
 
 
+def cmd_diff(a) -> int:
+    from .compare import compare_files, format_text
+
+    if a.plot:
+        plot = os.path.abspath(a.plot)
+        if not plot.lower().endswith(".png"):
+            raise AlloyError(f"The plot file must end in .png: {plot}.")
+        if os.path.exists(plot) and not a.overwrite:
+            raise AlloyError(f"{plot} exists; pass --overwrite to replace it.")
+    update, close = _progress(a.quiet, "comparing")
+    try:
+        cmp = compare_files(a.model_a, a.model_b, progress=update)
+    finally:
+        close()
+    for note in cmp.notes():
+        print(f"note: {note}", file=sys.stderr)
+    print(json.dumps(cmp.to_dict(), indent=2) if a.json else format_text(cmp))
+    if a.plot:
+        from .atomic import atomic_write_bytes
+        from .plots import comparison_png
+        atomic_write_bytes(a.plot, comparison_png(cmp), overwrite=a.overwrite)
+    return 0
+
+
 def cmd_presets(a) -> int:
     from .arch import get_arch
 
@@ -232,6 +281,8 @@ def dispatch(a) -> int:
         return cmd_inspect(a)
     if a.command == "presets":
         return cmd_presets(a)
+    if a.command == "diff":
+        return cmd_diff(a)
     if a.command == "lora":
         from .lora.cli import run as lora_run
         return lora_run(a)

@@ -112,7 +112,7 @@ def _check_finite(key: str, t: torch.Tensor, out_dtype: torch.dtype | None = Non
     if t.dtype not in _CHECKABLE or t.numel() == 0:
         return
     lo, hi = (float(v) for v in torch.aminmax(t))
-    limit = torch.finfo(out_dtype).max if out_dtype in _CHECKABLE else math.inf
+    limit = torch.finfo(out_dtype).max if out_dtype is not None and out_dtype.is_floating_point else math.inf
     if not (-limit <= lo and hi <= limit):
         what = "values too large for the output precision" if math.isfinite(lo) and math.isfinite(hi) \
             else "NaN or infinite values"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 
+from .dice import roll_for_sources
 from .engine import Report, execute
 from .errors import AlloyError
 from .io import HashCache, legacy_hash, sha256_file
@@ -48,6 +49,7 @@ def merge_to_file(recipe: Recipe, out_path: str, *, overwrite: bool = False, dev
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="alloy-hash")
     plan = None
     try:
+        recipe = roll_for_sources(recipe, sources)      # random block weights drawn once, recorded
         plan = build_plan(recipe, sources, presets=presets)
         paths = {slot: src.path for slot, src in sources.items()}
         if recipe.bake_vae:

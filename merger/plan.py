@@ -19,6 +19,9 @@ from .recipe import Recipe
 from .weights import RatioResolver
 
 OUT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+# fp8 saves: the UNet's float weights in fp8 (round to nearest from the compute-dtype result), the
+# text encoders, the VAE and every other float weight of the model in fp16.
+FP8_DTYPES = {"fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
 COMPUTE = {"fp32": torch.float32, "fp64": torch.float64}
 # Channel counts of special first convs (§10.5): inpainting has 9 input channels, instruct-pix2pix 8.
 SPECIAL_IN_CHANNELS = {9: "inpainting", 8: "instruct-pix2pix"}
@@ -104,15 +107,19 @@ def open_sources(recipe: Recipe) -> dict:
     return sources
 
 
-def _out_dtype(recipe: Recipe, dtype: torch.dtype, key: str, block: str | None) -> torch.dtype:
+def _out_dtype(recipe: Recipe, dtype: torch.dtype, key: str, block: str | None, arch: Arch) -> torch.dtype:
     """Chosen precision for floating tensors of the model; other tensors keep their dtype.
 
     Keys that are neither mapped to a block nor part of the model (schedule buffers such as
-    `alphas_cumprod`) keep their dtype, as SuperMerger's fp16 option does."""
+    `alphas_cumprod`) keep their dtype, as SuperMerger's fp16 option does. fp8 applies to the
+    UNet / transformer keys only; the rest of the model is stored in fp16."""
     if not dtype.is_floating_point or recipe.dtype == "keep":
         return dtype
     if block is None and "model" not in key:
         return dtype
+    if recipe.dtype in FP8_DTYPES:
+        unet = arch.canonical_key(key).startswith(arch.unet_prefix)
+        return FP8_DTYPES[recipe.dtype] if unet else torch.float16
     return OUT_DTYPES[recipe.dtype]
 
 
@@ -124,6 +131,18 @@ def source_label(src) -> str:
 def inputs_text(sources: dict) -> str:
     """"model A (/p/A.safetensors), model B (/p/B.safetensors)" for messages."""
     return ", ".join(source_label(src) for src in sources.values())
+
+
+def fp8_input_notes(sources: dict) -> list[str]:
+    """One note per input that stores fp8 tensors: they are read as float32 (upcast) for the merge."""
+    fp8 = set(FP8_DTYPES.values())
+    notes = []
+    for src in sources.values():
+        n = sum(1 for k in src.keys() if src.info(k).dtype in fp8)
+        if n:
+            notes.append(f"{source_label(src)} stores {n} tensors in fp8; they are read as float32 (upcast) "
+                         "for the merge, and the precision fp8 lost is not recovered")
+    return notes
 
 
 def _shape_rule(key: str, shapes: dict, calc: str, label: dict) -> int | None:
@@ -177,7 +196,7 @@ def build_plan(recipe: Recipe, sources: dict, *, presets: Presets | None = None)
         ia = src_a.info(key)
         mapped = arch.block_of(key)
         block = mapped if ia.dtype.is_floating_point else None
-        out = _out_dtype(recipe, ia.dtype, key, mapped)
+        out = _out_dtype(recipe, ia.dtype, key, mapped, arch)
         kp = KeyPlan(key, "keep_a", tuple(ia.shape), out, block=block)
         items.append(kp)
         if block is None or key not in src_b:
@@ -207,7 +226,7 @@ def build_plan(recipe: Recipe, sources: dict, *, presets: Presets | None = None)
                 continue
             ib = src_b.info(key)
             items.append(KeyPlan(key, "copy_b", tuple(ib.shape), _out_dtype(recipe, ib.dtype, key,
-                                                                              arch.block_of(key))))
+                                                                              arch.block_of(key), arch)))
     if recipe.prune:
         items = [kp for kp in items if arch.prune_keep(kp.key)]
     by_key = {kp.key: kp for kp in items}
@@ -224,7 +243,7 @@ def build_plan(recipe: Recipe, sources: dict, *, presets: Presets | None = None)
         for key in arch.position_ids_keys:
             if key in by_key:
                 by_key[key].action = "clip_ids"
-    notes = []
+    notes = fp8_input_notes(sources)
     if not any(kp.action == "merge" for kp in items):
         notes.append("no key was merged: the models share no mergeable keys under these settings, "
                      "so the result is model A")

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from .errors import AlloyError
 from .modes import (CALCS, MODE_LABELS, MODES, MODES_NEEDING_C, effective_mode,  # noqa: F401 (re-exported)
                     normalize_calc, normalize_mode)
-from .schema import Flag, Hashes, Number, Text, check_object
+from .schema import Custom, Flag, Hashes, Number, Text, check_object
 
-DTYPES = ("fp16", "bf16", "fp32", "keep")
+DTYPES = ("fp16", "bf16", "fp32", "keep", "fp8_e4m3fn", "fp8_e5m2")
 COMPUTE_DTYPES = ("fp32", "fp64")
 RECIPE_TYPE = "alloy-merge"
 RECIPE_VERSION = 1
@@ -22,6 +22,11 @@ MAX_RECIPE_BYTES = 16 << 20
 MODEL_SLOTS = {"a": "model_a", "b": "model_b", "c": "model_c", "vae": "bake_vae"}
 
 _NAME = Text(4096, optional=True, line=False)     # paths may hold any character but NUL (CLI)
+_LIMITS = Text(20_000, optional=True)
+# Random block weights (merger.dice): the seed drawn with, the token texts and the limits.
+DICE_SCHEMA = {"seed": Number(0, (1 << 32) - 1, integer=True, optional=True),
+               "alpha": _LIMITS, "beta": _LIMITS, "upper": _LIMITS, "lower": _LIMITS, "max": _LIMITS,
+               "min": _LIMITS, "round": Number(0, 15, integer=True, optional=True)}
 _RATIO = Number(-RATIO_LIMIT, RATIO_LIMIT)
 SCHEMA = {
     "type": Text(64, optional=True, choices=(RECIPE_TYPE,)),
@@ -37,6 +42,7 @@ SCHEMA = {
     "prune": Flag(), "bake_vae": _NAME, "fix_clip_ids": Flag(),
     "seed": Number(*SEED_RANGE, integer=True),
     "hashes": Hashes(),
+    "dice": Custom(lambda v, label: check_object(v, DICE_SCHEMA, label, defaults=False), optional=True),
 }
 
 
@@ -65,6 +71,10 @@ class Recipe:
     fix_clip_ids: bool = False
     seed: int = 0
     hashes: dict = field(default_factory=dict)
+    # Random block weights (merger.dice): the limits before the draw; after it also the token texts
+    # and the seed ({"seed", "alpha", "beta", "upper", "lower", "max", "min", "round"}). The drawn
+    # numbers themselves are in alpha_blocks / beta_blocks. None = no random weights.
+    dice: dict | None = None
 
     # ---- construction -------------------------------------------------------------------
     def __post_init__(self):
@@ -119,6 +129,8 @@ class Recipe:
     def to_dict(self) -> dict:
         d = {"type": RECIPE_TYPE, "version": RECIPE_VERSION}
         d.update(dataclasses.asdict(self))
+        if d["dice"] is None:
+            del d["dice"]
         return d
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -145,6 +157,7 @@ class Recipe:
         from an infotext, with short hashes, is the same recipe), else by name or path."""
         d = dataclasses.asdict(self)
         hashes = d.pop("hashes") or {}
+        d.pop("dice")     # the drawn numbers are in the block lists; the token text does not change tensors
         for slot, key in MODEL_SLOTS.items():
             if d[key] is not None and hashes.get(slot):
                 d[key] = "sha256:" + hashes[slot][:10]
@@ -177,6 +190,8 @@ class Recipe:
             raise AlloyError("Model B is required.")
         if self.include.strip() and self.exclude.strip():
             raise AlloyError("Use either include or exclude, not both.")
+        if self.dice is not None and not isinstance(self.dice, dict):
+            raise AlloyError("The recipe's dice field must be an object (the random-weight settings).")
 
     # ---- naming ---------------------------------------------------------------------------
     def display_name(self) -> str:

@@ -15,6 +15,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from .cache import SourceCache
+from .dice import roll_for_sources
 from .errors import AlloyError, Interrupted
 from .history import History
 from .host import MODEL_EXTS, Host, StandaloneHost, same_file  # noqa: F401 (the session's public names)
@@ -174,6 +175,7 @@ class Session:
             if model is None:
                 raise AlloyError("No model is loaded to merge into; use a file merge instead.")
             sources = self._open(work)
+            work = roll_for_sources(work, sources)      # random block weights drawn once, recorded
             plan = build_plan(work, sources)
             if not same_file(self.host.loaded_model_path(), work.model_a):
                 self.host.load_model(work.model_a)
@@ -224,7 +226,7 @@ class Session:
             self.live = state
             report.recipe = final
             report.keys_from_cache = self.cache.stats().hits - hits0
-            report.warnings[:0] = notes
+            report.warnings[:0] = notes + plan.notes
             self.host.on_live_changed(final)
             warning = self._record("live", final.to_dict(), seconds=round(report.seconds, 3), keys=len(todo),
                                    name=final.display_name(), hash=final.short_hash())

@@ -9,7 +9,7 @@ from typing import Any, Callable, NamedTuple
 from .errors import AlloyError
 
 COMPUTE_DEVICES = ("auto", "cpu", "cuda")
-SAVE_DTYPES = ("fp16", "bf16", "fp32")
+SAVE_DTYPES = ("fp16", "bf16", "fp32", "fp8_e4m3fn", "fp8_e5m2")
 
 
 @dataclass

@@ -13,7 +13,7 @@ from ..recipe import MODE_LABELS, MODES, Recipe, normalize_mode
 ADJUST_NAMES = ("IN", "OUT", "OUT2", "CONT", "BRI", "COL1", "COL2", "COL3")
 ADJUST_FIELDS = tuple(f"adjust_{i}" for i in range(len(ADJUST_NAMES)))
 MODE_CHOICES = tuple(MODE_LABELS[m] for m in MODES)
-OUT_DTYPES = ("fp16", "bf16", "fp32", "keep")
+OUT_DTYPES = ("fp16", "bf16", "fp32", "keep", "fp8_e4m3fn", "fp8_e5m2")
 COMPUTE_DTYPES = ("fp32", "fp64")
 
 #: every field that a Recipe fills, with the value a fresh tab shows
