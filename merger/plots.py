@@ -58,8 +58,9 @@ def comparison_png(cmp, title: str | None = None) -> bytes:
     ax2.set_ylim(min(lo, 1.0) - max(0.02, (1.0 - lo) * 0.1), 1.0 + max(0.005, (1.0 - lo) * 0.05))
     ax2.set_ylabel("cosine", color=LINE)
     handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
-    ax.legend(handles=handles, loc="upper left", fontsize=8, framealpha=0.8)
-    ax.set_title(title or f"{cmp.arch.label}: B compared with A per block", fontsize=10)
+    ax.legend(handles=handles, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=2, fontsize=8,
+              frameon=False)
+    ax.set_title(title or f"{cmp.arch.label}: B compared with A", fontsize=10, loc="left")
     fig.tight_layout()
     return _png(fig)
 
@@ -74,9 +75,8 @@ def weights_png(block_ids, alpha, beta=None, ranges=None) -> bytes:
     for name, values, color in (("alpha", alpha, LINE), ("beta", beta, BETA)):
         if values is None:
             continue
-        xs = [i for i, v in enumerate(values) if v is not None]
-        ax.plot(xs, [values[i] for i in xs], color=color, marker="o", markersize=2.5, linewidth=1.2,
-                label=name)
+        ys = [float("nan") if v is None else v for v in values]       # a gap at random positions
+        ax.plot(range(len(ys)), ys, color=color, marker="o", markersize=2.5, linewidth=1.2, label=name)
         for i, r in enumerate((ranges or {}).get(name) or []):
             if r is not None:
                 ax.vlines(i, r[0], r[1], color=color, alpha=0.45, linewidth=3)

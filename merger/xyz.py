@@ -37,6 +37,7 @@ AXES: tuple[AxisSpec, ...] = (
     AxisSpec("[Alloy] Merge mode", "mode", str, 0.8, "modes"),
     AxisSpec("[Alloy] Elemental", "elemental", str, 0.8),
     AxisSpec("[Alloy] Recipe file", "recipe", str, 0.9),
+    AxisSpec("[Alloy] Random seed", "seed", int, 0.8),
 )
 
 
@@ -58,6 +59,9 @@ def _field_value(field: str, value):
             return float(value)
         except (TypeError, ValueError):
             raise AlloyError(f"X/Y/Z {field} value '{value}' is not a number.") from None
+    if field == "seed":
+        from .dice import check_seed
+        return check_seed(value)
     if field in ("model_c", "alpha_blocks", "beta_blocks") and str(value).strip().lower() in NONE_WORDS:
         return None
     return str(value).strip()
@@ -96,10 +100,46 @@ def make_axes(axis_option_cls, session) -> list:
                 confirm_base(session)
             for x in xs:
                 _confirm_value(_spec, x, session)
+            if _spec.field == "seed":
+                fix_seeds(xs)
 
+        extra = {"format_value": seed_formatter(session)} if spec.field == "seed" else {}
         out.append(axis_option_cls(spec.label, spec.type, apply, confirm=confirm, cost=spec.cost,
-                                   choices=choices_for(spec.choices, session)))
+                                   choices=choices_for(spec.choices, session), **extra))
     return out
+
+
+def fix_seeds(xs: list) -> None:
+    """Replace every −1 in the axis values, in place, by a new seed: the grid's labels (computed
+    before the cells run) then show the lists that the cells draw."""
+    from .dice import new_seed
+    for i, x in enumerate(xs):
+        if int(x) == -1:
+            xs[i] = new_seed()
+
+
+def seed_label(session, seed: int) -> str:
+    """`seed S: alpha 0.12, 0.5, …` for the tab's setup (the label of a Random seed cell)."""
+    from .arch import detect
+    from .dice import roll, wanted
+    from .io import open_source
+    base = session.xyz_base()
+    if not wanted(base):
+        return f"seed {seed} (no random tokens)"
+    with open_source(session.host.resolve_model(base.model_a), label="model A") as src:
+        arch = detect(src.keys(), label="model A")
+    r = roll(base.replace(seed=int(seed)), arch)
+    lists = [f"{w} " + getattr(r, f"{w}_blocks").replace(",", ", ") for w in ("alpha", "beta") if r.dice.get(w)]
+    return f"seed {seed}: " + "; ".join(lists)
+
+
+def seed_formatter(session):
+    def format_value(p, opt, x):
+        try:
+            return seed_label(session, x)
+        except Exception:  # a label must never stop the grid
+            return f"{opt.label}: {x}"
+    return format_value
 
 
 def confirm_base(session) -> None:

@@ -19,7 +19,7 @@ log = logging.getLogger("alloy.ui")
 
 def build(session, *, live: bool = True, css: str | None = None, title: str = "Alloy"):
     """Build the tab; returns (blocks, ui) where `ui[name]` is each named component."""
-    from . import blocks_editor, inspect_panel, merge_panel, recipe_panel
+    from . import blocks_editor, compare_panel, dice_panel, inspect_panel, merge_panel, recipe_panel
 
     ctx = TabContext(session=session, live=live)
     ui = Ui()
@@ -33,16 +33,22 @@ def build(session, *, live: bool = True, css: str | None = None, title: str = "A
                 merge_panel.build_actions(ui, ctx)
                 with gr.Accordion("Block weights", open=False, elem_id="alloy_blocks"):
                     blocks_editor.build_blocks_editor(ui, ctx)
+                with gr.Accordion("Random weights (dice)", open=False, elem_id="alloy_dice"):
+                    dice_panel.build_dice_panel(ui)
                 merge_panel.build_rules(ui)
             with gr.Column(scale=2, elem_id="alloy_right"):
                 recipe_panel.build_recipe_panel(ui, ctx)
                 with gr.Accordion("Inspect a model", open=not live, elem_id="alloy_inspect_acc"):
                     inspect_panel.build_inspect_panel(ui, ctx)
                 _maybe_lora(session)
+        with gr.Accordion("Compare two models", open=False, elem_id="alloy_compare"):
+            compare_panel.build_compare_panel(ui, ctx)
         merge_panel.wire_merge_panel(ui, ctx)
         blocks_editor.wire_blocks_editor(ui, ctx)
         recipe_panel.wire_recipe_panel(ui, ctx)
         inspect_panel.wire_inspect_panel(ui, ctx)
+        dice_panel.wire_dice_panel(ui, ctx)
+        compare_panel.wire_compare_panel(ui, ctx)
     blocks.alloy_ui = ui
     return blocks, ui
 

@@ -6,6 +6,8 @@ fires on programmatic changes, so the two never loop.
 """
 from __future__ import annotations
 
+import re
+
 import gradio as gr
 
 from ..errors import AlloyError
@@ -14,16 +16,38 @@ from .context import TabContext
 from .wiring import Ui
 
 SLIDER_INPUTS = ("arch", "blocks_target", "alpha", "beta", "alpha_blocks", "beta_blocks")
+CURVE_INPUTS = ("arch", "alpha", "alpha_blocks", "beta_blocks", "dice_upper", "dice_lower", "dice_max", "dice_min")
 
 
 # ---- handlers (name-keyed, tested directly) ---------------------------------------------------
 def show_sliders(ctx: TabContext, f: dict) -> dict:
-    """Sliders for the current arch showing the target list (or the scalar ratio when empty)."""
+    """Sliders for the current arch showing the target list (or the scalar ratio when empty).
+
+    A list with random tokens leaves the sliders as they are (the curve shows the tokens' ranges)."""
+    from ..dice import has_tokens
     target = f.get("blocks_target") or "alpha"
     arch = f.get("arch") or bl.DEFAULT_ARCH
     fallback = float(f.get(target) if f.get(target) is not None else 0.5)
-    values = bl.values_from_text(f.get(bl.text_field(target)) or "", arch, ctx.presets)
+    text = f.get(bl.text_field(target)) or ""
+    if has_tokens(text):
+        return {"status": f"The {target} list has random tokens: they are drawn at each merge "
+                          "(the curve shows their ranges)."}
+    values = bl.values_from_text(text, arch, ctx.presets)
     return bl.slider_updates(arch, values, fallback)
+
+
+def on_curve(ctx: TabContext, f: dict) -> dict:
+    """The alpha (and beta) block lists as a small curve over the blocks; unchanged while a list
+    does not parse (the status line says why when the list is used)."""
+    from ..plots import png_image, weights_png
+    arch = bl.get_arch(f.get("arch") or bl.DEFAULT_ARCH)
+    try:
+        alpha, a_ranges = bl.curve_values(f, "alpha", arch, ctx.presets)
+        beta, b_ranges = bl.curve_values(f, "beta", arch, ctx.presets)
+    except AlloyError:
+        return {}
+    png = weights_png(arch.block_ids, alpha, beta, {"alpha": a_ranges, "beta": b_ranges})
+    return {"weights_plot": png_image(png)}
 
 
 def on_arch(ctx: TabContext, f: dict) -> dict:
@@ -81,10 +105,14 @@ def on_axis_append(ctx: TabContext, f: dict) -> dict:
     """Append the target list, quoted, to the X/Y/Z values box."""
     target = f.get("blocks_target") or "alpha"
     arch = f.get("arch") or bl.DEFAULT_ARCH
-    values = bl.values_from_text(f.get(bl.text_field(target)) or "", arch, ctx.presets)
-    if values is None:
-        values = bl.slider_values(f, len(bl.block_ids(arch)))
-    value = bl.quoted_axis_value(values)
+    from ..dice import has_tokens
+    text = f.get(bl.text_field(target)) or ""
+    values = None if has_tokens(text) else bl.values_from_text(text, arch, ctx.presets)
+    if has_tokens(text):
+        value = '"' + ",".join(t for t in re.split(r"[,\s]+", text) if t) + '"'
+    else:
+        values = values if values is not None else bl.slider_values(f, len(bl.block_ids(arch)))
+        value = bl.quoted_axis_value(values)
     return {"axis_values": bl.append_axis_value(f.get("axis_values"), value),
             "status": f"Added the {target} list to the X/Y/Z values; copy them into the plot's value box."}
 
@@ -106,6 +134,8 @@ def build_blocks_editor(ui: Ui, ctx: TabContext) -> None:
                                       lines=1, elem_id="alloy_alpha_blocks"))
     ui.add("beta_blocks", gr.Textbox(label="beta blocks (comma list or preset name; empty = off)",
                                      lines=1, elem_id="alloy_beta_blocks"))
+    ui.add("weights_plot", gr.Image(label="Block weights", type="pil", interactive=False, height=200,
+                                    elem_id="alloy_weights_plot", show_label=False))
     with gr.Column(elem_id="alloy_sliders", elem_classes=["alloy-sliders"]):
         for i, name in enumerate(bl.SLIDER_NAMES):
             ui.add(name, gr.Slider(bl.SLIDER_MIN, bl.SLIDER_MAX, step=bl.SLIDER_STEP, value=0.5,
@@ -134,6 +164,11 @@ def wire_blocks_editor(ui: Ui, ctx: TabContext) -> None:
             ui.bind(event, lambda f, w=which: on_text(ctx, f, w), SLIDER_INPUTS, sliders)
     ui.bind(ui["preset"].change, lambda f: on_preset(ctx, f),
             ["preset", "arch", "blocks_target"], sliders + ["alpha_blocks", "beta_blocks"])
+    curve_in = list(CURVE_INPUTS)
+    for name in ("alpha_blocks", "beta_blocks", "arch", "dice_upper", "dice_lower", "dice_max", "dice_min"):
+        if name in ui:
+            ui.bind(ui[name].change, lambda f: on_curve(ctx, f), curve_in, ["weights_plot"], with_status=False)
+    ui.bind(ui["alpha"].release, lambda f: on_curve(ctx, f), curve_in, ["weights_plot"], with_status=False)
     ui.bind(ui["axis_append"].click, lambda f: on_axis_append(ctx, f),
             ["blocks_target", "arch", "alpha_blocks", "beta_blocks", "axis_values"] + sliders,
             ["axis_values"])

@@ -122,3 +122,25 @@ def preset_values(presets, name: str, arch_name: str) -> list[float]:
     if len(values) != len(arch.block_ids):  # a 26-value preset on SDXL
         values = values_from_text(format_blocks(values), arch.name, presets)
     return list(values)
+
+
+def curve_values(fields: dict, which: str, arch, presets=None) -> tuple:
+    """(values, ranges) for the editor's curve of the alpha or beta list.
+
+    An empty alpha list is the alpha slider's value on every block; an empty beta list is no curve
+    (None, None); a list with random tokens gives None values with (lo, hi) ranges at those blocks."""
+    from ..arch import sdxl_26_to_20
+    from ..dice import has_tokens, token_ranges
+    text = (fields.get(f"{which}_blocks") or "").strip()
+    n = len(arch.block_ids)
+    if not text:
+        return ([float(fields.get("alpha") or 0.0)] * n, None) if which == "alpha" else (None, None)
+    if not has_tokens(text):
+        return values_from_text(text, arch.name, presets), None
+    limits = {k: fields.get(f"dice_{k}") for k in ("upper", "lower", "max", "min")}
+    values, ranges = token_ranges(text, arch, {k: v for k, v in limits.items() if v not in (None, "")})
+    if arch.name == "sdxl" and len(values) == 26:
+        values, ranges = sdxl_26_to_20(values), sdxl_26_to_20(ranges)
+    if len(values) != n:
+        raise AlloyError(f"The {which} list has {len(values)} values; {arch.label} needs {n}.")
+    return values, ranges

@@ -15,6 +15,8 @@ ADJUST_FIELDS = tuple(f"adjust_{i}" for i in range(len(ADJUST_NAMES)))
 MODE_CHOICES = tuple(MODE_LABELS[m] for m in MODES)
 OUT_DTYPES = ("fp16", "bf16", "fp32", "keep", "fp8_e4m3fn", "fp8_e5m2")
 COMPUTE_DTYPES = ("fp32", "fp64")
+#: random block-weight limits (merger.dice): X upper/lower (D centre/width), clamp max/min, decimals
+DICE_DEFAULTS = {"upper": "1", "lower": "0", "max": "1", "min": "0", "round": 3}
 
 #: every field that a Recipe fills, with the value a fresh tab shows
 RECIPE_DEFAULTS = {
@@ -26,6 +28,7 @@ RECIPE_DEFAULTS = {
     **{name: 0.0 for name in ADJUST_FIELDS},
     "dtype": "fp16", "compute_dtype": "fp32", "prune": False, "bake_vae": "",
     "fix_clip_ids": False, "seed": 0,
+    **{f"dice_{k}": v for k, v in DICE_DEFAULTS.items()},
 }
 RECIPE_FIELDS = tuple(RECIPE_DEFAULTS)
 
@@ -91,7 +94,7 @@ def recipe_from_fields(f: dict) -> Recipe:
         adjust=adjust_text([f.get(name, 0.0) for name in ADJUST_FIELDS]),
         dtype=f.get("dtype") or "fp16", compute_dtype=f.get("compute_dtype") or "fp32",
         prune=bool(f.get("prune")), bake_vae=_text(f.get("bake_vae")).strip() or None,
-        fix_clip_ids=bool(f.get("fix_clip_ids")), seed=seed,
+        fix_clip_ids=bool(f.get("fix_clip_ids")), seed=seed, dice=dice_from_fields(f),
     )
     recipe.validate()
     return recipe
@@ -112,7 +115,21 @@ def fields_from_recipe(recipe: Recipe, model_names=()) -> dict:
         "dtype": recipe.dtype, "compute_dtype": recipe.compute_dtype, "prune": bool(recipe.prune),
         "bake_vae": recipe.bake_vae or "", "fix_clip_ids": bool(recipe.fix_clip_ids),
         "seed": int(recipe.seed),
+        **{f"dice_{k}": (recipe.dice or {}).get(k, v) for k, v in DICE_DEFAULTS.items()},
     }
+
+
+def dice_from_fields(f: dict) -> dict | None:
+    """The random-weight limits when a block list holds random tokens, else None."""
+    from ..dice import has_tokens
+    if not (has_tokens(_text(f.get("alpha_blocks"))) or has_tokens(_text(f.get("beta_blocks")))):
+        return None
+    out = {k: _text(f.get(f"dice_{k}", v)).strip() or str(v) for k, v in DICE_DEFAULTS.items()}
+    try:
+        out["round"] = int(float(out["round"]))
+    except ValueError:
+        raise AlloyError(f"Round (decimals) must be a whole number, not '{out['round']}'.") from None
+    return out
 
 
 def _stem(name: str) -> str:

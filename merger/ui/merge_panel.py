@@ -9,11 +9,12 @@ import gradio as gr
 from ..errors import AlloyError
 from ..recipe import normalize_mode
 from . import fields as fl
+from . import recipe_sources as rs
 from .context import TabContext
 from .wiring import Ui
 
 VIEW_OUTPUTS = ("calc", "model_c", "beta", "gamma", "beta_blocks", "method_info")
-SAVE_DTYPES = ("fp16", "bf16", "fp32")
+PICKERS = ("model_a", "model_b", "model_c", "meta_model", "inspect_model", "cmp_a", "cmp_b")
 
 
 # ---- handlers (name-keyed, tested directly) ---------------------------------------------------
@@ -45,7 +46,7 @@ def on_refresh(ctx: TabContext, f: dict) -> dict:
     """Re-scan the host's checkpoints; every model picker gets the new list."""
     ctx.host.refresh_models()
     names = ctx.model_names()
-    return {n: gr.update(choices=names) for n in ("model_a", "model_b", "model_c", "meta_model", "inspect_model")}
+    return {n: gr.update(choices=names) for n in PICKERS}
 
 
 def _out_name(f: dict) -> str:
@@ -72,12 +73,13 @@ def _job(ctx: TabContext, title: str):
 
 
 def _after_merge(ctx: TabContext, report) -> dict:
-    out = {"status": report.message()}
     recipe = getattr(report, "recipe", None)
+    notes = [f"Random seed {recipe.dice['seed']}."] if recipe is not None and recipe.dice else []
+    notes += [f"Warning: {w}." for w in getattr(report, "warnings", ())]
+    out = {"status": " ".join([report.message()] + notes)}
     if recipe is not None:
         out["recipe_json"] = recipe.to_json()
-    from .recipe_panel import history_choices
-    out["history_pick"] = gr.update(choices=history_choices(ctx))
+    out["history_pick"] = gr.update(choices=rs.history_choices(ctx.session))
     return out
 
 
@@ -180,7 +182,6 @@ def build_rules(ui: Ui) -> None:
         with gr.Row():
             ui.add("compute_dtype", gr.Radio(list(fl.COMPUTE_DTYPES), value="fp32", label="Compute in",
                                              elem_id="alloy_compute_dtype"))
-            ui.add("seed", gr.Number(0, precision=0, label="Seed (random calcs)", elem_id="alloy_seed"))
             ui.add("fix_clip_ids", gr.Checkbox(False, label="Reset CLIP position ids",
                                                elem_id="alloy_fix_clip_ids"))
 
@@ -214,7 +215,7 @@ def wire_merge_panel(ui: Ui, ctx: TabContext) -> None:
     recipe_in = list(RECIPE_FIELDS)
     ui.bind(ui["mode"].change, lambda f: on_mode(ctx, f), ["mode", "calc"], VIEW_OUTPUTS)
     ui.bind(ui["calc"].change, lambda f: on_mode(ctx, f), ["mode", "calc"], VIEW_OUTPUTS)
-    pickers = ["model_a", "model_b", "model_c", "meta_model", "inspect_model"]
+    pickers = list(PICKERS)
     ui.bind(ui["refresh"].click, lambda f: on_refresh(ctx, f), [], pickers)
     after = ["recipe_json", "history_pick"]
     ui.bind(ui["merge"].click, lambda f, p: on_merge(ctx, f, p), recipe_in, after, progress=True)

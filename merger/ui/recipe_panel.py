@@ -20,10 +20,6 @@ APPLY_OUTPUTS = ("recipe_json",) + fl.RECIPE_FIELDS + VIEW_OUTPUTS + bl.SLIDER_N
 
 
 # ---- handlers (name-keyed, tested directly) ---------------------------------------------------
-def history_choices(ctx: TabContext) -> list[str]:
-    return [label for label, _ in rs.history_recipes(getattr(ctx.session, "history", None))]
-
-
 def host_names(ctx: TabContext, recipe: Recipe) -> tuple[Recipe, list[str]]:
     """`recipe` with models A, B, C as the host lists them, each found by sha256 first, then by
     name (merger.locate); a sentence for each model that is not there (its name is kept)."""
@@ -108,7 +104,7 @@ def on_load_history(ctx: TabContext, f: dict) -> dict:
 
 
 def on_history_refresh(ctx: TabContext, f: dict) -> dict:
-    return {"history_pick": gr.update(choices=history_choices(ctx), value=None)}
+    return {"history_pick": gr.update(choices=rs.history_choices(ctx.session), value=None)}
 
 
 def on_load_png(ctx: TabContext, f: dict) -> dict:
@@ -138,7 +134,7 @@ def build_recipe_panel(ui: Ui, ctx: TabContext) -> None:
         ui.add("load_current", gr.Button("Current merge", size="sm", elem_id="alloy_load_current"))
     with gr.Accordion("Load a recipe from history, an image or a checkpoint", open=False):
         with gr.Row():
-            ui.add("history_pick", gr.Dropdown(history_choices(ctx), value=None, label="History",
+            ui.add("history_pick", gr.Dropdown(rs.history_choices(ctx.session), value=None, label="History",
                                                elem_id="alloy_history_pick", scale=4))
             ui.add("history_refresh", gr.Button("↻", elem_classes=["alloy-tool"], scale=0, min_width=40,
                                                 elem_id="alloy_history_refresh"))

@@ -159,3 +159,8 @@ def history_recipes(history, limit: int = 30) -> list[tuple[str, Recipe]]:
         if len(out) >= limit:
             break
     return out
+
+
+def history_choices(session) -> list[str]:
+    """The labels the history dropdown offers for a session (newest first)."""
+    return [label for label, _ in history_recipes(getattr(session, "history", None))]
