@@ -1,6 +1,7 @@
 """The standalone UI in headless Chromium: choose two models, merge to a file, see status and file."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -42,27 +43,45 @@ def _wait_port(port: int, proc, timeout: float = 40.0) -> None:
     raise AssertionError("the UI did not start listening in time")
 
 
-@pytest.fixture
-def app(tmp_path):
-    models = tmp_path / "models"
-    models.mkdir()
-    write_tiny_sd1(models / "a.safetensors", 1)
-    write_tiny_sd1(models / "b.safetensors", 2)
+STANDALONE = "import sys; from merger.ui.standalone import main; sys.exit(main(sys.argv[1:]))"
+
+
+def tiny_models(folder: Path) -> Path:
+    """A models folder with tiny SD1 checkpoints a.safetensors and b.safetensors."""
+    folder.mkdir()
+    write_tiny_sd1(folder / "a.safetensors", 1)
+    write_tiny_sd1(folder / "b.safetensors", 2)
+    return folder
+
+
+@contextlib.contextmanager
+def serving(argv_for_port, timeout: float = 40.0):
+    """Run `python -c <argv_for_port(port)>` from the repository until the block ends; yields the URL."""
     port = _free_port()
-    code = "import sys; from merger.ui.standalone import main; sys.exit(main(sys.argv[1:]))"
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-c", code, "--models-dir", str(models), "--data-dir",
-                             str(tmp_path / "data"), "--port", str(port), "--no-browser"],
-                            cwd=str(REPO), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", *argv_for_port(port)], cwd=str(REPO), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        _wait_port(port, proc)
-        yield f"http://127.0.0.1:{port}/", models
+        _wait_port(port, proc, timeout)
+        yield f"http://127.0.0.1:{port}/"
     finally:
         proc.terminate()
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def standalone_argv(models: Path, data: Path):
+    return lambda port: [STANDALONE, "--models-dir", str(models), "--data-dir", str(data),
+                         "--port", str(port), "--no-browser"]
+
+
+@pytest.fixture
+def app(tmp_path):
+    models = tiny_models(tmp_path / "models")
+    with serving(standalone_argv(models, tmp_path / "data")) as url:
+        yield url, models
 
 
 def _choose(page, elem_id: str, option: str) -> None:

@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import io
 import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 
-from tests.test_browser import ARGS, CHROMIUM, REPO, _choose, _free_port, _wait_port
-from tests.ui_fixtures import write_tiny_sd1
+from tests.test_browser import ARGS, CHROMIUM, _choose, serving, standalone_argv, tiny_models
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
                                 reason=f"{CHROMIUM} is absent (apt-get install chromium); no browser is downloaded")
@@ -32,38 +29,14 @@ LIVE_TAB = textwrap.dedent("""
 """)
 
 
-def _serve(args):
-    """Start `python -c <args(port)>` from the repository; returns (process, port)."""
-    port = _free_port()
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-c", *args(port)], cwd=str(REPO), env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    return proc, port
-
-
 @pytest.fixture(params=["standalone", "webui-tab"])
 def page_url(request, tmp_path):
     if request.param == "standalone":
-        models = tmp_path / "models"
-        models.mkdir()
-        write_tiny_sd1(models / "a.safetensors", 1)
-        write_tiny_sd1(models / "b.safetensors", 2)
-        code = "import sys; from merger.ui.standalone import main; sys.exit(main(sys.argv[1:]))"
-        proc, port = _serve(lambda p: [code, "--models-dir", str(models), "--data-dir", str(tmp_path / "d"),
-                                       "--port", str(p), "--no-browser"])
-        names = ("a.safetensors", "b.safetensors")
+        argv, names = standalone_argv(tiny_models(tmp_path / "models"), tmp_path / "d"), ("a", "b")
     else:
-        proc, port = _serve(lambda p: [LIVE_TAB, str(tmp_path), str(p)])
-        names = ("A.safetensors", "B.safetensors")
-    try:
-        _wait_port(port, proc, timeout=60)
-        yield f"http://127.0.0.1:{port}/", names, tmp_path
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        argv, names = (lambda port: [LIVE_TAB, str(tmp_path), str(port)]), ("A", "B")
+    with serving(argv, timeout=60) as url:
+        yield url, tuple(f"{n}.safetensors" for n in names), tmp_path
 
 
 def _chart_like(png: bytes) -> bool:

@@ -49,7 +49,7 @@ def build_compare_panel(ui: Ui, ctx: TabContext) -> None:
         ui.add("cmp_run", gr.Button("Compare", variant="primary", size="sm", elem_id="alloy_cmp_run", scale=1))
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
-            ui.add("cmp_plot", gr.Image(label="Per block", type="pil", interactive=False,
+            ui.add("cmp_plot", gr.Image(label="Per block", show_label=False, type="pil", interactive=False,
                                         elem_id="alloy_cmp_plot"))
         with gr.Column(scale=2):
             ui.add("cmp_table", gr.Markdown("", elem_id="alloy_cmp_table"))

@@ -68,7 +68,7 @@ def create_app(session):
     demo = build_tab(session, live=False, css=style_css())
     try:
         demo.queue(concurrency_count=4)      # gradio 3.x: Stop must not wait behind a merge
-    except TypeError:                        # gradio 4 has no concurrency_count
+    except (TypeError, DeprecationWarning):  # gradio 4 refuses concurrency_count (4.40 raises the warning)
         demo.queue()
     return gr.mount_gradio_app(app, demo, path="/")
 
