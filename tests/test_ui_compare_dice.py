@@ -131,3 +131,21 @@ def test_random_seed_axis_one_merge_per_cell_labels_show_draws(tmp_path):
     xs = [-1, 3]
     opts[i].confirm(p, xs)
     assert xs[0] != -1 and xs[1] == 3
+
+
+def test_live_merge_with_tokens_reports_the_seed_and_records_the_draw(tmp_path):
+    from merger.session import Session
+    from merger.ui import merge_panel as mp
+    from merger.webui import WebUIHost
+    w = make_world(tmp_path)
+    session = Session(WebUIHost(), str(tmp_path / "data"))
+    ctx = TabContext(session, live=True)
+    f = _fields(model_a=w.paths["a"], model_b=w.paths["b"], alpha_blocks="R", seed=5)
+    out = run_guarded(lambda x: mp.on_merge(ctx, x), f)
+    assert "keys merged" in out["status"] and "Random seed 5." in out["status"], out
+    r = np.random.RandomState(5).random_sample(26)
+    want = ",".join(repr(float(np.round(x, 3))) for x in r)
+    assert session.live.recipe.alpha_blocks == want and session.live.recipe.dice["alpha"] == "R"
+    assert session.history.last_recipe()["alpha_blocks"] == want
+    again = run_guarded(lambda x: mp.on_merge(ctx, x), f)          # same seed and tokens: already loaded
+    assert "already loaded" in session.last_message, again
