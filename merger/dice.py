@@ -67,10 +67,11 @@ def expand(text: str, arch) -> list[str]:
     return [t.upper() if t.upper() in TOKENS else t for t in toks]
 
 
-def uniforms(seed: int) -> list[float]:
-    """SuperMerger's draws: ``np.random.seed(seed); np.random.rand(3000)`` (legacy MT19937)."""
+def uniforms(seed: int):
+    """SuperMerger's draws: ``np.random.seed(seed); np.random.rand(3000)`` (legacy MT19937), as
+    NumPy float64 values (SuperMerger's arithmetic and rounding happen on those)."""
     import numpy as np
-    return np.random.RandomState(seed).random_sample(DRAWS).tolist()
+    return np.random.RandomState(seed).random_sample(DRAWS)
 
 
 def _per_position(text, n: int, what: str) -> list[str]:
@@ -81,6 +82,12 @@ def _per_position(text, n: int, what: str) -> list[str]:
         raise AlloyError(f"The random {what} limits have {len(vals)} values; the block list has {n} "
                          f"(give one value for all blocks or one per block).")
     return vals
+
+
+def _limits(limits: dict | None, n: int) -> tuple[list[str], list[str], list[str], list[str]]:
+    """(upper, lower, max, min) per position of an n-entry list."""
+    lim = {**DEFAULT_LIMITS, **(limits or {})}
+    return tuple(_per_position(lim[k], n, k) for k in ("upper", "lower", "max", "min"))
 
 
 def _number(text: str, what: str) -> float:
@@ -99,13 +106,10 @@ def _round(value, digits: int) -> float:
 
 def draw_list(text: str, arch, seed: int, which: str, limits: dict | None = None) -> list[str]:
     """The list with every token replaced by its drawn number (text entries, like SuperMerger's)."""
-    import numpy as np
-    lim = {**DEFAULT_LIMITS, **(limits or {})}
     entries = expand(text, arch)
     n = len(entries)
-    up, low = _per_position(lim["upper"], n, "upper"), _per_position(lim["lower"], n, "lower")
-    top, bottom = _per_position(lim["max"], n, "max"), _per_position(lim["min"], n, "min")
-    digits = int(lim["round"])
+    up, low, top, bottom = _limits(limits, n)
+    digits = int({**DEFAULT_LIMITS, **(limits or {})}["round"])
     r = uniforms(seed)
     add = OFFSETS[which] if n <= OFFSETS["beta"] or which == "alpha" else n
     out = []
@@ -113,7 +117,7 @@ def draw_list(text: str, arch, seed: int, which: str, limits: dict | None = None
         if tok not in TOKENS:
             out.append(tok)
             continue
-        u = np.float64(r[i + add])
+        u = r[i + add]
         lo, hi = low[i], up[i]
         if "R" in lo.upper() and tok in ("X", "D"):
             base, p = re.split("[Rr]", lo, maxsplit=1)
@@ -186,11 +190,8 @@ def roll_for_sources(recipe, sources: dict):
 def token_ranges(text: str, arch, limits: dict | None = None) -> tuple[list, list]:
     """For the editor's curve: (values, ranges) per position; a token has value None and its range
     (lo, hi) after clamping, a number has its value and range None."""
-    lim = {**DEFAULT_LIMITS, **(limits or {})}
     entries = expand(text, arch)
-    n = len(entries)
-    up, low = _per_position(lim["upper"], n, "upper"), _per_position(lim["lower"], n, "lower")
-    top, bottom = _per_position(lim["max"], n, "max"), _per_position(lim["min"], n, "min")
+    up, low, top, bottom = _limits(limits, len(entries))
     values, ranges = [], []
     for i, tok in enumerate(entries):
         if tok not in TOKENS:
