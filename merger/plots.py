@@ -5,6 +5,7 @@ pyplot, so nothing global changes in the process that hosts them (the WebUI keep
 from __future__ import annotations
 
 import io
+import os
 
 from .errors import AlloyError
 
@@ -60,7 +61,8 @@ def comparison_png(cmp, title: str | None = None) -> bytes:
     handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
     ax.legend(handles=handles, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=2, fontsize=8,
               frameon=False)
-    ax.set_title(title or f"{cmp.arch.label}: B compared with A", fontsize=10, loc="left")
+    ax.set_title(title or f"{_stem(cmp.path_a)} → {_stem(cmp.path_b)} ({cmp.arch.label})", fontsize=10,
+                 loc="left")
     fig.tight_layout()
     return _png(fig)
 
@@ -87,6 +89,10 @@ def weights_png(block_ids, alpha, beta=None, ranges=None) -> bytes:
         ax.legend(loc="upper right", fontsize=7, framealpha=0.8)
     fig.tight_layout(pad=0.4)
     return _png(fig)
+
+
+def _stem(path: str) -> str:
+    return os.path.splitext(os.path.basename(str(path)))[0]
 
 
 def png_image(png: bytes):

@@ -18,9 +18,8 @@ def on_compare(ctx: TabContext, f: dict, progress=None) -> dict:
     if not a or not b:
         raise AlloyError("Choose the two models to compare.")
     cmp = compare_files(ctx.host.resolve_model(a), ctx.host.resolve_model(b), progress=progress)
-    title = f"{_short(a)} → {_short(b)} ({cmp.arch.label})"
     notes = "".join(f"\n\nNote: {n}." for n in cmp.notes())
-    return {"cmp_plot": png_image(comparison_png(cmp, title)),
+    return {"cmp_plot": png_image(comparison_png(cmp)),
             "cmp_table": markdown_table(cmp) + notes,
             "status": f"Compared {a} with {b}: {cmp.arch.label}, "
                       f"{sum(s.keys for s in cmp.components.values())} keys in {cmp.seconds:.1f} s."}
@@ -29,11 +28,6 @@ def on_compare(ctx: TabContext, f: dict, progress=None) -> dict:
 def on_use_ab(ctx: TabContext, f: dict) -> dict:
     """Fill the pickers with the merge's model A and B."""
     return {"cmp_a": f.get("model_a"), "cmp_b": f.get("model_b")}
-
-
-def _short(name: str) -> str:
-    import os
-    return os.path.splitext(os.path.basename(str(name).split(" [")[0]))[0]
 
 
 def build_compare_panel(ui: Ui, ctx: TabContext) -> None:
