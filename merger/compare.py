@@ -23,6 +23,8 @@ import torch
 from .arch import Arch, check_same_arch, detect
 from .errors import AlloyError, Interrupted
 from .io import open_source
+from .paths import shown
+from .plan import source_label
 
 # float64 chunk length: small enough that a chunk's three float64 rows (1.5 MiB) stay in the CPU's
 # cache between the conversion, the Gram product and the difference (≈ 2× faster than 4 Mi chunks).
@@ -167,12 +169,13 @@ def _reader(src_a, src_b, keys: list[str]):
 def compare_sources(src_a, src_b, *, progress=None, should_stop=None) -> Comparison:
     """Compare two open sources (see the module docstring); AlloyError when their architectures differ."""
     t0 = time.perf_counter()
-    archs = {f"{s.label} ({s.path})": detect(s.keys(), label=s.label) for s in (src_a, src_b)}
+    archs = {source_label(s): detect(s.keys(), label=s.label) for s in (src_a, src_b)}
     check_same_arch(archs)
     arch = next(iter(archs.values()))
     keys, only_a, only_b, mismatched = _pairs(arch, src_a, src_b)
     if not keys:
-        raise AlloyError(f"{src_a.path} and {src_b.path} share no float tensors of the same shape to compare.")
+        raise AlloyError(f"{shown(src_a.path)} and {shown(src_b.path)} share no float tensors of the same shape "
+                         "to compare.")
     blocks = {b: Sums() for b in arch.block_ids}
     comps = {c: Sums() for c in COMPONENTS}
     work = torch.empty(3 * min(CHUNK, max(src_a.info(k).nbytes for k in keys)), dtype=torch.float64)
@@ -222,7 +225,7 @@ def table_rows(cmp: Comparison) -> list[list[str]]:
 
 def format_text(cmp: Comparison) -> str:
     """The plain-text report of `diff` (one line per block, then per component)."""
-    lines = [f"A: {cmp.path_a}", f"B: {cmp.path_b}", f"architecture: {cmp.arch.label}",
+    lines = [f"A: {shown(cmp.path_a)}", f"B: {shown(cmp.path_b)}", f"architecture: {cmp.arch.label}",
              f"{'block':<14}{'keys':>6}  {'cosine':>10}  {'rel_dist':>10}"]
     n_blocks = len(cmp.blocks)
     for i, (name, keys, cos, dist) in enumerate(table_rows(cmp)):

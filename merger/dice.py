@@ -183,8 +183,9 @@ def roll_for_sources(recipe, sources: dict):
     if not wanted(recipe):
         return recipe
     from .arch import detect
+    from .plan import source_label
     src = sources["a"]
-    return roll(recipe, detect(src.keys(), label=f"{src.label} ({src.path})"))
+    return roll(recipe, detect(src.keys(), label=source_label(src)))
 
 
 def token_ranges(text: str, arch, limits: dict | None = None) -> tuple[list, list]:
