@@ -130,38 +130,42 @@ def pair_sums(a: torch.Tensor, b: torch.Tensor, work: torch.Tensor | None = None
     return s
 
 
-def _pairs(arch: Arch, src_a, src_b) -> tuple[list[str], int, int, list[str]]:
-    """Keys to compare (float in both, same shape, in A's order), counts only in A / B, mismatches."""
-    keys, mismatched = [], []
-    for k in src_a.keys():
-        if k not in src_b or arch.is_alias(k):
+def _pairs(arch: Arch, src_a, src_b) -> tuple[list[tuple[str, str]], int, int, list[str]]:
+    """(key in A, key in B) to compare — float in both, same shape, in A's order; a bare UNet /
+    transformer key matches its prefixed spelling — plus the counts only in A / B and the keys
+    whose shapes differ."""
+    in_b = {arch.canonical_key(k): k for k in src_b.keys() if not arch.is_alias(k)}
+    pairs, mismatched, matched = [], [], set()
+    for ka in src_a.keys():
+        kb = in_b.get(arch.canonical_key(ka))
+        if kb is None or arch.is_alias(ka):
             continue
-        ia, ib = src_a.info(k), src_b.info(k)
+        matched.add(kb)
+        ia, ib = src_a.info(ka), src_b.info(kb)
         if not (ia.dtype.is_floating_point and ib.dtype.is_floating_point):
             continue
         if tuple(ia.shape) != tuple(ib.shape):
-            mismatched.append(k)
+            mismatched.append(ka)
             continue
-        keys.append(k)
-    only_a = sum(1 for k in src_a.keys() if k not in src_b)
-    only_b = sum(1 for k in src_b.keys() if k not in src_a)
-    return keys, only_a, only_b, mismatched
+        pairs.append((ka, kb))
+    only_a = sum(1 for k in src_a.keys() if not arch.is_alias(k)) - len(matched)
+    return pairs, only_a, len(in_b) - len(matched), mismatched
 
 
-def _reader(src_a, src_b, keys: list[str]):
+def _reader(src_a, src_b, pairs: list[tuple[str, str]]):
     """Yield (key, a, b) with the next pair read on a helper thread into the other buffer set."""
-    size = max((max(src_a.info(k).nbytes, src_b.info(k).nbytes) for k in keys), default=0)
+    size = max((max(src_a.info(ka).nbytes, src_b.info(kb).nbytes) for ka, kb in pairs), default=0)
     bufs = [(bytearray(size), bytearray(size)) for _ in range(2)]
 
     def read(i):
-        k = keys[i]
-        return k, src_a.read(k, bufs[i % 2][0]), src_b.read(k, bufs[i % 2][1])
+        ka, kb = pairs[i]
+        return ka, src_a.read(ka, bufs[i % 2][0]), src_b.read(kb, bufs[i % 2][1])
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="alloy-diff-read") as pool:
-        pending = pool.submit(read, 0) if keys else None
-        for i in range(len(keys)):
+        pending = pool.submit(read, 0) if pairs else None
+        for i in range(len(pairs)):
             item = pending.result()
-            if i + 1 < len(keys):
+            if i + 1 < len(pairs):
                 pending = pool.submit(read, i + 1)
             yield item
 
@@ -178,7 +182,7 @@ def compare_sources(src_a, src_b, *, progress=None, should_stop=None) -> Compari
                          "to compare.")
     blocks = {b: Sums() for b in arch.block_ids}
     comps = {c: Sums() for c in COMPONENTS}
-    work = torch.empty(3 * min(CHUNK, max(src_a.info(k).nbytes for k in keys)), dtype=torch.float64)
+    work = torch.empty(3 * min(CHUNK, max(src_a.info(ka).nbytes for ka, _ in keys)), dtype=torch.float64)
     for i, (key, a, b) in enumerate(_reader(src_a, src_b, keys)):
         if should_stop is not None and should_stop():
             raise Interrupted("The comparison was stopped.")

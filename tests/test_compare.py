@@ -153,3 +153,12 @@ def test_cli_json_text_and_plot(tmp_path, capsys):
     assert "OUT11" in text and "UNet" in text and "cosine" in text
     assert main(["diff", str(pa), str(tmp_path / "missing.safetensors"), "--quiet"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_bare_transformer_file_matches_the_prefixed_one(tmp_path):
+    full = write_tiny(tmp_path / "full.safetensors", "flux", seed=1)
+    bare = write_tiny(tmp_path / "bare.safetensors", "flux", seed=2, bare=True)
+    got = compare.compare_files(str(full), str(bare))
+    assert got.components["unet"].keys > 0 and got.blocks["D00"].keys > 0
+    assert got.only_b == 0
+    assert got.only_a == sum(1 for k in load_file(str(full)) if not k.startswith("model.diffusion_model."))
