@@ -96,3 +96,20 @@ def test_choices_everywhere():
     assert a.dtype == "fp8_e4m3fn"
     from merger.ui.fields import OUT_DTYPES
     assert {"fp8_e4m3fn", "fp8_e5m2"} <= set(OUT_DTYPES)
+
+
+def test_api_fp8_save_and_random_tokens_with_a_bad_dice_field(tmp_path):
+    from tests.webui_standin.harness import api_world
+    w, s, c = api_world(tmp_path)
+    r = c.post("/alloy/v1/merge", json={"recipe": {"model_a": "A.safetensors", "model_b": "B.safetensors",
+                                                   "alpha_blocks": "R", "seed": 12},
+                                        "target": "file", "name": "f8", "dtype": "fp8_e5m2"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["recipe"]["dice"]["seed"] == 12 and body["recipe"]["dice"]["alpha"] == "R"
+    assert body["recipe"]["alpha_blocks"].count(",") == 25
+    header = _header(w.models / "f8.safetensors")
+    assert {v["dtype"] for k, v in header.items() if k.startswith("model.diffusion_model.")} == {"F8_E5M2"}
+    r = c.post("/alloy/v1/merge", json={"recipe": {"model_a": "A.safetensors", "model_b": "B.safetensors",
+                                                   "alpha_blocks": "R", "dice": {"round": "x"}}})
+    assert r.status_code == 400 and "round" in r.json()["detail"]
