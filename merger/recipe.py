@@ -190,8 +190,6 @@ class Recipe:
             raise AlloyError("Model B is required.")
         if self.include.strip() and self.exclude.strip():
             raise AlloyError("Use either include or exclude, not both.")
-        if self.dice is not None and not isinstance(self.dice, dict):
-            raise AlloyError("The recipe's dice field must be an object (the random-weight settings).")
 
     # ---- naming ---------------------------------------------------------------------------
     def display_name(self) -> str:
