@@ -52,15 +52,15 @@ _LORAS = ListOf(Custom(_lora_item), max_len=64)
 _PRESETS = Text(100_000, optional=True, line=False, default="")
 SCHEMAS = {
     "bake": {**_COMMON, "model": Text(4096, nonempty=True), "loras": _LORAS, "presets": _PRESETS,
-             "dtype": Text(16, choices=_OUT_DTYPES[:3], default="fp16")},
+             "dtype": Text(16, choices=_OUT_DTYPES, default="fp16")},
     "merge": {**_COMMON, "loras": _LORAS, "mode": Text(16, choices=("svd", "concat"), default="svd"),
               "rank": _RANK, "conv_rank": _RANK, "clamp_quantile": Number(1e-9, 1, optional=True),
-              "presets": _PRESETS, "dtype": Text(16, choices=_OUT_DTYPES, default="keep")},
+              "kohya_alpha": Flag(), "presets": _PRESETS, "dtype": Text(16, choices=_OUT_DTYPES, default="keep")},
     "extract": {**_COMMON, "tuned": Text(4096, nonempty=True), "base": Text(4096, nonempty=True),
                 "rank": Number(1, MAX_RANK, integer=True), "conv_rank": _RANK,
-                "min_diff": Number(0, 1e6, default=0.01), "clamp_quantile": Number(1e-9, 1, optional=True, default=0.99),
-                "dtype": Text(16, choices=_OUT_DTYPES[:3], default="fp16")},
-    "resize": {**_COMMON, "lora": Text(4096, nonempty=True), "rank": _RANK,
+                "min_diff": Number(0, 1e6, default=0.01), "clamp_quantile": Number(1e-9, 1, optional=True),
+                "exact": Flag(), "dtype": Text(16, choices=_OUT_DTYPES, default="fp32")},
+    "resize": {**_COMMON, "lora": Text(4096, nonempty=True), "rank": _RANK, "conv_rank": _RANK,
                "dynamic": Text(16, optional=True, choices=("sv_fro", "sv_ratio", "sv_cumulative")),
                "param": Number(-1e6, 1e6, optional=True), "verbose": Flag(),
                "dtype": Text(16, choices=_OUT_DTYPES, default="keep")},
@@ -89,7 +89,8 @@ def merge(req: dict, resolve: Resolver = _same, progress=None) -> dict:
     from merger.lora.merge import merge_loras
     r = _check("merge", req)
     return merge_loras(_specs(r, resolve), resolve(r["out"], "out_lora"), mode=r["mode"], rank=r["rank"],
-                       conv_rank=r["conv_rank"], clamp_quantile=r["clamp_quantile"], dtype=r["dtype"],
+                       conv_rank=r["conv_rank"], clamp_quantile=r["clamp_quantile"],
+                       kohya_alpha=r["kohya_alpha"], dtype=r["dtype"],
                        overwrite=r["overwrite"], presets=parse_presets(r["presets"]), device=r["device"],
                        progress=progress).to_dict()
 
@@ -99,7 +100,7 @@ def extract(req: dict, resolve: Resolver = _same, progress=None) -> dict:
     r = _check("extract", req)
     return run(resolve(r["tuned"], "model"), resolve(r["base"], "model"), resolve(r["out"], "out_lora"),
                rank=r["rank"], conv_rank=r["conv_rank"], min_diff=r["min_diff"],
-               clamp_quantile=r["clamp_quantile"], dtype=r["dtype"], overwrite=r["overwrite"],
+               clamp_quantile=r["clamp_quantile"], dtype=r["dtype"], exact=r["exact"], overwrite=r["overwrite"],
                device=r["device"], progress=progress).to_dict()
 
 
@@ -107,7 +108,8 @@ def resize(req: dict, resolve: Resolver = _same, progress=None) -> dict:
     from merger.lora.resize import resize_lora
     r = _check("resize", req)
     return resize_lora(resolve(r["lora"], "lora"), resolve(r["out"], "out_lora"), rank=r["rank"],
-                       dynamic=r["dynamic"], param=r["param"], dtype=r["dtype"], overwrite=r["overwrite"],
+                       dynamic=r["dynamic"], param=r["param"], conv_rank=r["conv_rank"], dtype=r["dtype"],
+                       overwrite=r["overwrite"],
                        device=r["device"], verbose=r["verbose"], progress=progress).to_dict()
 
 

@@ -35,7 +35,10 @@ def add_lora_parser(subparsers) -> argparse.ArgumentParser:
     how.add_argument("--concat", action="store_true", help="exact: stack the ranks")
     how.add_argument("--rank", type=int, help="SVD to this rank")
     m.add_argument("--conv-rank", type=int, help="rank for 3x3 conv modules (default: --rank)")
-    m.add_argument("--clamp-quantile", type=float)
+    m.add_argument("--clamp-quantile", type=float,
+                   help="clamp the SVD factors at this quantile (default 0.99 as kohya; 1 = exact factors)")
+    m.add_argument("--kohya-alpha", action="store_true",
+                   help="with --concat: kohya merge_lora.py's weighting and alpha (its file, not the exact sum)")
     m.add_argument("--out", required=True)
     m.add_argument("--dtype", choices=DTYPE_CHOICES, default="keep")
     m.add_argument("--presets", help="LBW preset file (lines NAME:values)")
@@ -47,14 +50,16 @@ def add_lora_parser(subparsers) -> argparse.ArgumentParser:
     e.add_argument("--conv-rank", type=int)
     e.add_argument("--out", required=True)
     e.add_argument("--min-diff", type=float, default=0.01)
-    e.add_argument("--clamp-quantile", type=float, default=0.99)
-    e.add_argument("--dtype", choices=DTYPE_CHOICES[:3], default="fp16")
+    e.add_argument("--clamp-quantile", type=float, help="default 0.99 (kohya); 1 = no clamp")
+    e.add_argument("--dtype", choices=DTYPE_CHOICES[:3], default="fp32")
+    e.add_argument("--exact-svd", action="store_true", help="LAPACK SVD instead of the randomized top-k SVD")
 
     r = sub.add_parser("resize", parents=[common], help="resize a LoRA to a fixed or dynamic rank")
     r.add_argument("--lora", required=True)
     r.add_argument("--rank", type=int, help="fixed rank, or the maximum with --dynamic")
     r.add_argument("--dynamic", choices=("sv_fro", "sv_ratio", "sv_cumulative"))
     r.add_argument("--param", type=float)
+    r.add_argument("--conv-rank", type=int, help="rank (or maximum) for 3x3 conv modules (default: --rank)")
     r.add_argument("--out", required=True)
     r.add_argument("--dtype", choices=DTYPE_CHOICES, default="keep")
     r.add_argument("--verbose", action="store_true", help="print retained fractions per module")
@@ -96,16 +101,18 @@ def dispatch(a):
         if not a.concat and a.rank is None:
             raise AlloyError("choose --concat or --rank N")
         return merge_loras([parse_spec(s) for s in a.lora], a.out, mode="concat" if a.concat else "svd",
-                           rank=a.rank, conv_rank=a.conv_rank, clamp_quantile=a.clamp_quantile, dtype=a.dtype,
+                           rank=a.rank, conv_rank=a.conv_rank, clamp_quantile=a.clamp_quantile,
+                           kohya_alpha=a.kohya_alpha, dtype=a.dtype,
                            overwrite=a.overwrite, presets=_presets(a.presets), device=a.device, progress=_progress)
     if a.lora_command == "extract":
         from merger.lora.extract import extract
         return extract(a.tuned, a.base, a.out, rank=a.rank, conv_rank=a.conv_rank, min_diff=a.min_diff,
-                       clamp_quantile=a.clamp_quantile, dtype=a.dtype, overwrite=a.overwrite, device=a.device,
-                       progress=_progress)
+                       clamp_quantile=a.clamp_quantile, dtype=a.dtype, exact=a.exact_svd, overwrite=a.overwrite,
+                       device=a.device, progress=_progress)
     if a.lora_command == "resize":
         from merger.lora.resize import resize_lora
-        return resize_lora(a.lora, a.out, rank=a.rank, dynamic=a.dynamic, param=a.param, dtype=a.dtype,
+        return resize_lora(a.lora, a.out, rank=a.rank, dynamic=a.dynamic, param=a.param, conv_rank=a.conv_rank,
+                           dtype=a.dtype,
                            overwrite=a.overwrite, device=a.device, verbose=a.verbose, progress=_progress)
     raise AlloyError(f"unknown lora command {a.lora_command!r}")
 

@@ -3,9 +3,13 @@
 ΔW = tuned − base for every kohya LoRA target (attention/MLP/projection layers of the UNet and
 text encoders; ResNet and sampler convs too when ``conv_rank`` is given). Text encoders are
 skipped as a whole when max|ΔW| over them is ≤ ``min_diff``. Each ΔW (2-D view out×in·k·k) is
-factored by exact SVD, batched over modules of one shape: k = min(rank, out, in·k·k) (``conv_rank``
-for 3×3), up = U_k·S_k, down = V_kᵀ, both clamped at the ``clamp_quantile`` of their values,
-alpha = k. OpenCLIP in-projections give three modules (q, k, v row thirds).
+factored by its top-k SVD, batched over modules of one shape: k = min(rank, out, in·k·k)
+(``conv_rank`` for 3×3), up = U_k·S_k, down = V_kᵀ, both clamped to ±h, h = the ``clamp_quantile``
+(default 0.99, as kohya) of the signed values of [up, down], alpha = k. The top-k SVD is randomized
+subspace iteration run to convergence (`linalg.top_svd`; its error is within 1e-3 of the exact
+SVD's on the measured checkpoints, see README), or the exact LAPACK SVD with ``exact``. Both files
+are streamed key by key; ΔWs wait in per-shape batches of at most PENDING_BYTES. OpenCLIP
+in-projections give three modules (q, k, v row thirds). Saved fp32 by default, as kohya does.
 """
 from __future__ import annotations
 
@@ -16,8 +20,8 @@ import torch
 from merger.errors import AlloyError
 from merger.lora.common import LoraResult, overall, pick_device
 from merger.lora.keymap import kohya_names, kohya_target_kind
-from merger.lora.linalg import clamp_factors, full_svd
-from merger.lora.output import network_metadata, parse_out_dtype, recipe_json, save_lora
+from merger.lora.linalg import CLAMP_QUANTILE, check_quantile, clamp_factors, full_svd, top_svd
+from merger.lora.output import file_name, kohya_dims, network_metadata, parse_out_dtype, recipe_json, save_lora
 
 PENDING_BYTES = 256 << 20     # flush batched SVDs when this much ΔW is waiting
 
@@ -46,17 +50,19 @@ def is_te(name: str) -> bool:
 
 
 def extract(tuned_path: str, base_path: str, out: str, *, rank: int, conv_rank: int | None = None,
-            min_diff: float = 0.01, clamp_quantile: float | None = 0.99, dtype: str | None = "fp16",
-            overwrite: bool = False, device: str | None = "auto", progress=None) -> LoraResult:
-    """Write the LoRA tuned − base to `out` (see module docstring)."""
+            min_diff: float = 0.01, clamp_quantile: float | None = None, dtype: str | None = "fp32",
+            exact: bool = False, overwrite: bool = False, device: str | None = "auto",
+            progress=None) -> LoraResult:
+    """Write the LoRA tuned − base to `out` (see module docstring); `clamp_quantile` None = 0.99."""
     from merger.arch import check_same_arch, detect
     from merger.io import open_source
 
     t0 = time.time()
     if rank is None or rank < 1:
         raise AlloyError("extract needs --rank N (N ≥ 1)")
-    if clamp_quantile is not None and not 0 < clamp_quantile <= 1:
-        raise AlloyError("--clamp-quantile must be in (0, 1]")
+    q = check_quantile(CLAMP_QUANTILE if clamp_quantile is None else clamp_quantile)
+    if conv_rank is not None and conv_rank < 1:
+        raise AlloyError("--conv-rank must be at least 1")
     tuned, base = open_source(tuned_path, "tuned model"), open_source(base_path, "base model")
     try:
         a_t = detect(tuned.keys(), f"tuned model ({tuned_path})", {k: tuple(tuned.info(k).shape) for k in tuned.keys()})
@@ -71,7 +77,8 @@ def extract(tuned_path: str, base_path: str, out: str, *, rank: int, conv_rank: 
         skip_te = te_unchanged(tuned, base, todo, min_diff, dev)
         if skip_te:
             res.messages.append(f"text encoders differ by at most {min_diff}; they are not extracted")
-        tensors, norms, errs = {}, [], []
+        tensors, norms, errs, dims = {}, [], [], []
+        run = (lambda: flush(pending, q, exact, tensors, res, norms, errs, dims, progress, done, total))  # noqa: E731
         pending: dict[tuple, list] = {}
         size = 0
         total = sum(len(n) for _, _, n in todo)
@@ -88,19 +95,20 @@ def extract(tuned_path: str, base_path: str, out: str, *, rank: int, conv_rank: 
                 pending.setdefault(tuple(d2.shape), []).append((name, d2, min(cap, *d2.shape), tuple(d.shape)))
                 size += d2.numel() * 4
             if size > PENDING_BYTES:
-                done += flush(pending, clamp_quantile, tensors, res, norms, errs, progress, done, total)
+                done += run()
                 size = 0
-        done += flush(pending, clamp_quantile, tensors, res, norms, errs, progress, done, total)
+        done += run()
     finally:
         tuned.close()
         base.close()
     if not tensors:
         raise AlloyError(f"no LoRA-able weights differ between {tuned_path} and {base_path}")
     res.overall_error = overall(norms, errs)
-    md = network_metadata(arch, rank, float(rank), conv_dim=conv_rank, conv_alpha=conv_rank)
-    md["alloy_lora_recipe"] = recipe_json("extract", tuned=tuned_path, base=base_path, rank=rank,
-                                          conv_rank=conv_rank, min_diff=min_diff, clamp_quantile=clamp_quantile)
-    res.path = save_lora(out, tensors, md, dtype=parse_out_dtype(dtype, torch.float16), overwrite=overwrite)
+    md = network_metadata(arch, **kohya_dims(dims, as_float=True), title=out)
+    md["alloy_lora_recipe"] = recipe_json("extract", tuned=file_name(tuned_path), base=file_name(base_path),
+                                          rank=rank, conv_rank=conv_rank, min_diff=min_diff, clamp_quantile=q,
+                                          exact=exact)
+    res.path = save_lora(out, tensors, md, dtype=parse_out_dtype(dtype, torch.float32), overwrite=overwrite)
     res.modules = len(res.ranks)
     res.seconds = time.time() - t0
     return res
@@ -118,25 +126,34 @@ def te_unchanged(tuned, base, todo, min_diff, dev) -> bool:
     return True
 
 
-def flush(pending, clamp_q, tensors, res, norms, errs, progress, done, total) -> int:
-    """Batched SVD of every waiting ΔW; stores kohya tensors. Returns how many were done."""
+def flush(pending, clamp_q, exact, tensors, res, norms, errs, dims, progress, done, total) -> int:
+    """Top-k SVD of every waiting ΔW, batched by shape; stores kohya tensors. Returns how many."""
     n = 0
     for shape2d, items in list(pending.items()):
-        U, S, Vh = full_svd(torch.stack([i[1] for i in items]))
-        for j, (name, d2, k, dshape) in enumerate(items):
+        A = torch.stack([i[1] for i in items])
+        ks = [i[2] for i in items]
+        kmax = max(ks)
+        if exact:
+            U, S, Vh = full_svd(A)
+        else:
+            U, S, Vh, _ = top_svd(A, kmax)
+        n2 = A.square().sum(dim=(1, 2), dtype=torch.float64)
+        for j, (name, _, k, dshape) in enumerate(items):
             up, down = clamp_factors(U[j, :, :k] * S[j, :k], Vh[j, :k], clamp_q)
-            n2 = float((d2.double() ** 2).sum())
-            e2 = float(((d2 - up @ down).double() ** 2).sum())
+            e2 = float(torch.addmm(A[j], up, down, alpha=-1).square().sum(dtype=torch.float64))
             if len(dshape) == 4:
                 up, down = up.reshape(dshape[0], k, 1, 1), down.reshape(k, *dshape[1:])
             tensors[f"{name}.lora_up.weight"] = up.cpu()
-            tensors[f"{name}.lora_down.weight"] = down.cpu()
+            tensors[f"{name}.lora_down.weight"] = down.contiguous().cpu()
             tensors[f"{name}.alpha"] = torch.tensor(float(k))
-            res.ranks[name], res.errors[name] = k, ((e2 / n2) ** 0.5 if n2 > 0 else 0.0)
-            norms.append(n2)
+            nn2 = float(n2[j])
+            res.ranks[name], res.errors[name] = k, ((e2 / nn2) ** 0.5 if nn2 > 0 else 0.0)
+            dims.append((k, float(k), len(dshape) == 4 and tuple(dshape[2:]) != (1, 1)))
+            norms.append(nn2)
             errs.append(e2)
             n += 1
             if progress:
                 progress(done + n, total, name)
+        del A, U, S, Vh
     pending.clear()
     return n

@@ -23,6 +23,8 @@ LOKR_PARTS = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr
 SCALAR_PARTS = ("alpha",)
 PEFT_RENAMES = {"lora_A.weight": "lora_down.weight", "lora_B.weight": "lora_up.weight"}
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+# kohya's svd_merge_lora / merge_lora store `torch.tensor(rank)`: int64 alphas (0-d or one element)
+ALPHA_DTYPES = FLOAT_DTYPES + (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
 
 @dataclass
@@ -135,7 +137,7 @@ def build_modules(tensors: dict[str, torch.Tensor], where: str) -> dict[str, Lor
         name, part = split_key(key)
         if not part:
             raise AlloyError(f"{where}: tensor {key!r} is not a LoRA weight (no module.part name)")
-        if t.dtype not in FLOAT_DTYPES:
+        if t.dtype not in (ALPHA_DTYPES if part == "alpha" else FLOAT_DTYPES):
             raise AlloyError(f"{where}: tensor {key!r} has non-float dtype {t.dtype}")
         grouped.setdefault(name, {})[part] = t
     if not grouped:
@@ -165,6 +167,6 @@ def load_lora(path: str, label: str = "LoRA") -> LoraFile:
     finally:
         src.close()
     modules = build_modules(tensors, where)
-    dtypes = [t.dtype for m in modules.values() for t in m.weights.values()]
+    dtypes = [t.dtype for m in modules.values() for t in m.weights.values()]  # factors only (no alphas)
     dtype = max(set(dtypes), key=dtypes.count) if dtypes else torch.float32
     return LoraFile(path, modules, metadata, dtype)

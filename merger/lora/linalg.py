@@ -17,8 +17,12 @@ import torch
 
 from merger.lora.formats import LoraModule
 
+CLAMP_QUANTILE = 0.99         # kohya svd_merge_lora / extract_lora_from_models default
 MIN_SV = 1e-6                 # kohya resize_lora: a spectrum whose σ₁ is below this is "zero"
-TORCH_QUANTILE_MAX = 1 << 24  # torch.quantile refuses larger inputs
+TORCH_QUANTILE_MAX = 1 << 24
+RSVD_OVERSAMPLE = 16          # randomized SVD (extract), see top_svd: extra subspace columns,
+RSVD_TOL = 1e-5               # stop when a step adds less than this fraction of ‖A‖² to the top k,
+RSVD_MAX_ITERS = 12           # or after this many subspace steps  # torch.quantile refuses larger inputs
 
 
 def flat(t: torch.Tensor) -> torch.Tensor:
@@ -86,12 +90,57 @@ def full_svd(A: torch.Tensor):
     return torch.linalg.svd(A, full_matrices=False)
 
 
+def orthonormal(Y: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.qr(Y).Q
+
+
+def top_svd(A: torch.Tensor, k: int, *, oversample: int = RSVD_OVERSAMPLE, tol: float = RSVD_TOL,
+            max_iters: int = RSVD_MAX_ITERS, seed: int = 0):
+    """Top-k thin SVD of a batch A ([B,]m×n) by randomized subspace iteration (Halko, Martinsson,
+    Tropp 2011, alg. 4.4): Ω ~ N(0,1) n×l (l = k + oversample, seeded), Q = orth(AΩ), then
+    Q = orth(A·orth(AᵀQ)) until the captured energy Σ_{i≤k}σ̃ᵢ² (σ̃ = singular values of AᵀQ)
+    grows by less than `tol`·‖A‖² in one step (at most `max_iters` steps), and the exact SVD of the
+    small QᵀA (l×n): A ≈ (Q·u)·diag(s)·vh. Cost O(mnl) per step instead of O(mn·min(m,n)); the
+    exact SVD when l ≥ min(m, n)/2. Returns (U, S, Vh, steps)."""
+    m, n = A.shape[-2:]
+    l = k + oversample
+    if 2 * l >= min(m, n):
+        U, S, Vh = full_svd(A)
+        return U[..., :k], S[..., :k], Vh[..., :k, :], 0
+    gen = torch.Generator(device=A.device).manual_seed(seed)
+    omega = torch.randn(*A.shape[:-2], n, l, generator=gen, device=A.device, dtype=A.dtype)
+    At = A.transpose(-1, -2)
+    total = A.square().sum(dim=(-2, -1), dtype=torch.float64).clamp_min(1e-300)
+    Q = orthonormal(A @ omega)
+    energy = None
+    steps = 0
+    while steps < max_iters:
+        Z = At @ Q
+        e = (torch.linalg.svdvals(Z)[..., :k].double() ** 2).sum(-1) / total
+        steps += 1
+        Q = orthonormal(A @ orthonormal(Z))
+        if energy is not None and float((e - energy).max()) < tol:
+            break
+        energy = e
+    u, s, vh = torch.linalg.svd(Q.transpose(-1, -2) @ A, full_matrices=False)
+    return (Q @ u)[..., :k], s[..., :k], vh[..., :k, :], steps
+
+
 def quantile(x: torch.Tensor, q: float) -> float:
     """torch.quantile (linear interpolation) of a flat tensor; numpy for inputs torch refuses."""
     x = x.reshape(-1).float()
     if x.numel() <= TORCH_QUANTILE_MAX:
         return float(torch.quantile(x, q))
     return float(np.quantile(x.cpu().numpy(), q))
+
+
+def check_quantile(q: float) -> float:
+    """A clamp quantile in (0, 1] (1 = no clamp); AlloyError otherwise."""
+    from merger.errors import AlloyError
+
+    if not (isinstance(q, (int, float)) and 0 < q <= 1):
+        raise AlloyError(f"--clamp-quantile must be in (0, 1], got {q}")
+    return float(q)
 
 
 def clamp_factors(up: torch.Tensor, down: torch.Tensor, q: float | None):

@@ -2,13 +2,18 @@
 
 * ``concat`` (exact): per module, with cᵢ = rᵢ·bᵢ·(alphaᵢ/rankᵢ): up = [c₁up₁ | c₂up₂ | …],
   down = [down₁; down₂; …], alpha = rank = Σ rankᵢ  ⇒  (alpha/rank)·up·down = Σ cᵢ upᵢ downᵢ.
+* ``concat`` with ``kohya_alpha`` (kohya merge_lora.py --concat, for its exact file): with
+  sᵢ = √(alphaᵢ/alpha₁)·rᵢ·bᵢ: up = [|s₁|up₁ | |s₂|up₂ | …], down = [s₁down₁; s₂down₂; …],
+  alpha = alpha₁ (the first LoRA's), so ΔW = Σ (alphaᵢ/Σrankⱼ)·rᵢ|rᵢ|·upᵢdownᵢ — not the sum.
 * ``svd``: ΔW = Σ cᵢ upᵢ downᵢ in float32 (never formed: exact factored SVD, see
   `linalg.orth_factor_svd`), keep the top k = min(rank, out, in·k·k) (``conv_rank`` for 3×3),
-  up = U_k·S_k, down = V_kᵀ, alpha = k, optional clamp at a quantile (kohya svd_merge_lora).
+  up = U_k·S_k, down = V_kᵀ, alpha = k; both clamped to ±h, h = the ``clamp_quantile`` (default
+  0.99, as kohya's svd_merge_lora; 1 = no clamp) of the signed values of [up, down].
 Relative Frobenius error ‖ΔW − ΔW'‖/‖ΔW‖ is reported per module and overall.
 """
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -16,8 +21,9 @@ import torch
 from merger.errors import AlloyError
 from merger.lora.blocks import LoraSpec
 from merger.lora.common import LoraResult, block_weight_fn, common_arch, load_specs, overall, pick_device
-from merger.lora.linalg import clamp_factors, flat, lowrank_fro2, module_delta, orth_factor_svd, full_svd
-from merger.lora.output import dim_alpha_text, network_metadata, parse_out_dtype, recipe_json, save_lora
+from merger.lora.linalg import (CLAMP_QUANTILE, check_quantile, clamp_factors, flat, lowrank_fro2, module_delta,
+                                orth_factor_svd, full_svd)
+from merger.lora.output import kohya_dims, network_metadata, parse_out_dtype, recipe_json, save_lora, spec_names
 
 BATCH = 64      # modules of one shape per batched SVD call
 
@@ -59,6 +65,29 @@ def concat_module(name, parts):
             f"{name}.alpha": torch.tensor(float(r))}, r
 
 
+def kohya_alpha_of(m) -> float:
+    """A module's alpha as kohya's merge_lora reads it: the float32 value, or the rank when absent."""
+    if m.alpha is None:
+        return float(m.rank)
+    return float(torch.tensor(m.alpha, dtype=torch.float32))
+
+
+def concat_module_kohya(name, parts):
+    """kohya merge_lora.py --concat of one module (see module docstring) -> (tensors, rank, alpha₁)."""
+    if any("lora_mid.weight" in m.weights for _, m in parts):
+        raise AlloyError(f"module {name!r} is a CP-decomposed LoRA; kohya's concat cannot merge it")
+    module_shape(name, parts)
+    base = kohya_alpha_of(parts[0][1])
+    ups, downs = [], []
+    for c, m in parts:
+        s = math.sqrt(kohya_alpha_of(m) / base) * c
+        ups.append(m.weights["lora_up.weight"].float() * abs(s))
+        downs.append(m.weights["lora_down.weight"].float() * s)
+    up, down = torch.cat(ups, dim=1), torch.cat(downs, dim=0)
+    return {f"{name}.lora_up.weight": up, f"{name}.lora_down.weight": down,
+            f"{name}.alpha": torch.tensor(base, dtype=torch.float32)}, down.shape[0], base
+
+
 def factors_of(parts, device):
     """(L, R) with ΔW₂ᴅ = L@R: L = [cᵢ·scaleᵢ·upᵢ], R = [downᵢ] (flattened, float32)."""
     L = torch.cat([flat(m.weights["lora_up.weight"]).to(device, torch.float32) * (c * m.scale) for c, m in parts], 1)
@@ -75,7 +104,7 @@ def svd_group(names, Ls, Rs, ranks, clamp_q):
         down = Vh[i, :k, :]
         up, down = clamp_factors(up, down, clamp_q)
         n2 = float((S[i].double() ** 2).sum())
-        if clamp_q is None:
+        if clamp_q >= 1:
             e2 = float((S[i, k:].double() ** 2).sum())
         else:
             e2 = lowrank_fro2(torch.cat([Ls[i], -up], 1).double(), torch.cat([Rs[i], down], 0).double())
@@ -92,42 +121,36 @@ def svd_full(delta2d, k, clamp_q):
 
 
 def merge_loras(specs: list[LoraSpec], out: str, *, mode: str = "svd", rank: int | None = None,
-                conv_rank: int | None = None, clamp_quantile: float | None = None, dtype: str | None = "keep",
-                overwrite: bool = False, presets: dict | None = None, device: str | None = "auto",
-                progress=None) -> LoraResult:
-    """Merge `specs` into `out` by ``concat`` or ``svd`` (see module docstring)."""
+                conv_rank: int | None = None, clamp_quantile: float | None = None, kohya_alpha: bool = False,
+                dtype: str | None = "keep", overwrite: bool = False, presets: dict | None = None,
+                device: str | None = "auto", progress=None) -> LoraResult:
+    """Merge `specs` into `out` by ``concat`` or ``svd`` (see module docstring); `clamp_quantile`
+    None means kohya's 0.99."""
     t0 = time.time()
     if mode not in ("svd", "concat"):
         raise AlloyError(f"unknown LoRA merge mode {mode!r}; use svd or concat")
     if mode == "svd" and (rank is None or rank < 1):
         raise AlloyError("an SVD merge needs --rank N (N ≥ 1)")
-    if clamp_quantile is not None and not 0 < clamp_quantile <= 1:
-        raise AlloyError("--clamp-quantile must be in (0, 1]")
+    if kohya_alpha and mode != "concat":
+        raise AlloyError("--kohya-alpha applies to --concat merges only")
+    q = check_quantile(CLAMP_QUANTILE if clamp_quantile is None else clamp_quantile)
     files = load_specs(specs)
     arch = common_arch(files)
     res = LoraResult("merge", arch=arch)
     modules = gather(files, specs, arch, presets, res.messages)
     dev = pick_device(device)
     tensors: dict[str, torch.Tensor] = {}
-    norms, errs, alphas = [], [], []
+    norms, errs, dims = [], [], []
     if mode == "concat":
-        for i, (name, parts) in enumerate(modules.items()):
-            t, r = concat_module(name, parts)
-            tensors.update(t)
-            res.ranks[name], res.errors[name] = r, 0.0
-            alphas.append(float(r))
-            if progress:
-                progress(i + 1, len(modules), name)
-        res.overall_error = 0.0
+        merge_concat(modules, kohya_alpha, tensors, res, dims, progress)
     else:
-        merge_svd(modules, rank, conv_rank or rank, clamp_quantile, dev, tensors, res, norms, errs, progress)
+        merge_svd(modules, rank, conv_rank or rank, q, dev, tensors, res, norms, errs, dims, progress)
         res.overall_error = overall(norms, errs)
-        alphas = [float(r) for r in res.ranks.values()]
-    ranks = list(res.ranks.values())
-    dim, alpha = dim_alpha_text(ranks, alphas, dynamic=False)
-    md = network_metadata(arch, dim, alpha, conv_dim=conv_rank, conv_alpha=conv_rank)
+    md = network_metadata(arch, **kohya_dims(dims, as_float=mode == "concat"), title=out,
+                          merged_from=[s.path for s in specs])
     md["alloy_lora_recipe"] = recipe_json("merge", mode=mode, rank=rank, conv_rank=conv_rank,
-                                          clamp_quantile=clamp_quantile, loras=[s.to_dict() for s in specs])
+                                          clamp_quantile=q if mode == "svd" else None, kohya_alpha=kohya_alpha,
+                                          loras=spec_names(specs))
     out_dtype = parse_out_dtype(dtype, files[0].dtype)
     res.path = save_lora(out, tensors, md, dtype=out_dtype, overwrite=overwrite)
     res.modules = len(modules)
@@ -135,7 +158,30 @@ def merge_loras(specs: list[LoraSpec], out: str, *, mode: str = "svd", rank: int
     return res
 
 
-def merge_svd(modules, rank, conv_rank, clamp_q, dev, tensors, res, norms, errs, progress):
+def merge_concat(modules, kohya_alpha, tensors, res, dims, progress):
+    """Concat every module (exact, or kohya's weighting); appends (rank, alpha, 3×3) to `dims`."""
+    for i, (name, parts) in enumerate(modules.items()):
+        if kohya_alpha:
+            t, r, a = concat_module_kohya(name, parts)
+        else:
+            t, r = concat_module(name, parts)
+            a = float(r)
+        tensors.update(t)
+        res.ranks[name] = r
+        if not kohya_alpha:
+            res.errors[name] = 0.0
+        k = t[f"{name}.lora_down.weight"].shape[2:]
+        dims.append((parts[0][1].rank if kohya_alpha else r, a, len(k) == 2 and tuple(k) != (1, 1)))
+        if progress:
+            progress(i + 1, len(modules), name)
+    if kohya_alpha:
+        res.messages.append("kohya concat: each LoRA is weighted (alphaᵢ/Σ ranks)·ratio·|ratio| instead of "
+                            "ratio·alphaᵢ/rankᵢ; the result is not the sum of the LoRAs")
+    else:
+        res.overall_error = 0.0
+
+
+def merge_svd(modules, rank, conv_rank, clamp_q, dev, tensors, res, norms, errs, dims, progress):
     """SVD path: factored + batched for plain LoRA/LoCon, full SVD for CP (lora_mid) modules."""
     groups: dict[tuple, list] = {}
     done = 0
@@ -149,7 +195,7 @@ def merge_svd(modules, rank, conv_rank, clamp_q, dev, tensors, res, norms, errs,
             d2 = delta.reshape(delta.shape[0], -1)
             k = min(cap, *d2.shape)
             up, down, n2, e2 = svd_full(d2, k, clamp_q)
-            emit(name, up, down, up_t, down_t, kernel, tensors, res, norms, errs, n2, e2)
+            emit(name, up, down, up_t, down_t, kernel, tensors, res, norms, errs, dims, n2, e2)
             done += 1
             continue
         L, R = factors_of(parts, dev)
@@ -161,13 +207,13 @@ def merge_svd(modules, rank, conv_rank, clamp_q, dev, tensors, res, norms, errs,
             outs = svd_group([c[0] for c in chunk], [c[1] for c in chunk], [c[2] for c in chunk],
                              [c[3] for c in chunk], clamp_q)
             for (name, _, _, _, up_t, down_t, kernel), (up, down, n2, e2) in zip(chunk, outs):
-                emit(name, up, down, up_t, down_t, kernel, tensors, res, norms, errs, n2, e2)
+                emit(name, up, down, up_t, down_t, kernel, tensors, res, norms, errs, dims, n2, e2)
                 done += 1
                 if progress:
                     progress(done, len(modules), name)
 
 
-def emit(name, up, down, up_t, down_t, kernel, tensors, res, norms, errs, n2, e2):
+def emit(name, up, down, up_t, down_t, kernel, tensors, res, norms, errs, dims, n2, e2):
     """Store one module's new factors (conv shapes restored) and its error."""
     k = up.shape[1]
     if kernel is not None:
@@ -177,6 +223,7 @@ def emit(name, up, down, up_t, down_t, kernel, tensors, res, norms, errs, n2, e2
     tensors[f"{name}.lora_down.weight"] = down.cpu()
     tensors[f"{name}.alpha"] = torch.tensor(float(k))
     res.ranks[name] = k
+    dims.append((k, k, kernel not in (None, (1, 1))))
     res.errors[name] = (e2 / n2) ** 0.5 if n2 > 0 else 0.0
     norms.append(n2)
     errs.append(e2)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 
 import torch
@@ -18,6 +19,10 @@ from merger.errors import AlloyError
 
 RECIPE_KEY = "alloy_lora_recipe"
 BASE_MODEL_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0", "flux": "flux1"}
+MODELSPEC_ARCH = {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-512", "sdxl": "stable-diffusion-xl-v1-base",
+                  "flux": "flux-1-dev"}
+MODELSPEC_IMPL = {"sdxl": "https://github.com/Stability-AI/generative-models",
+                  "flux": "https://github.com/black-forest-labs/flux"}
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
@@ -30,10 +35,41 @@ def parse_out_dtype(name: str | None, default: torch.dtype) -> torch.dtype:
     return DTYPES[name]
 
 
+def file_name(path: str | None) -> str | None:
+    """A file's name without its folder: what metadata records (never a local path)."""
+    return None if path is None else re.split(r"[\\/]", os.fspath(path).rstrip("/\\"))[-1]
+
+
+def spec_names(specs) -> list[dict]:
+    """LoRA inputs for a recipe: file name, ratio, blocks."""
+    return [{**s.to_dict(), "path": file_name(s.path)} for s in specs]
+
+
+def kohya_number(x: float, as_float: bool) -> str:
+    """An alpha / rank as kohya's scripts print it: `str(float(x))` ("8.0") or `str(int)` ("8")."""
+    return str(float(x)) if as_float or not float(x).is_integer() else str(int(x))
+
+
+def kohya_dims(entries, as_float: bool) -> dict:
+    """ss_network_dim/alpha and conv_dim/conv_alpha from [(rank, alpha, is 3×3 conv)] per module:
+    the common value of the linear (resp. 3×3) modules, "Dynamic" when they differ; conv_* None
+    when no 3×3 module is written. Alphas print as kohya's script for the operation does."""
+    def common(vals, fmt):
+        vals = set(vals)
+        return fmt(next(iter(vals))) if len(vals) == 1 else ("Dynamic" if vals else None)
+    lin = [(r, a) for r, a, c in entries if not c] or [(r, a) for r, a, c in entries]
+    conv = [(r, a) for r, a, c in entries if c]
+    num = lambda x: kohya_number(x, as_float)      # noqa: E731
+    return {"dim": common([r for r, _ in lin], str) or "0", "alpha": common([a for _, a in lin], num) or "0",
+            "conv_dim": common([r for r, _ in conv], str), "conv_alpha": common([a for _, a in conv], num)}
+
+
 def network_metadata(arch: str | None, dim, alpha, *, conv_dim=None, conv_alpha=None,
-                     output_name: str | None = None) -> dict[str, str]:
-    """kohya's minimum network metadata (`build_minimum_network_metadata`): module, dim, alpha
-    ("Dynamic" when ranks vary per module), conv args, v2 flag, base model version."""
+                     title: str | None = None, merged_from: list[str] | None = None) -> dict[str, str]:
+    """kohya's minimum network metadata (`build_minimum_network_metadata`): module, dim, alpha,
+    `ss_network_args` (JSON; `conv_dim`/`conv_alpha` as strings when 3×3 conv modules are written,
+    "{}" otherwise), v2 flag, base model version, and the SAI `modelspec.*` keys kohya adds
+    (architecture, title = output file stem, date, merged_from = input names)."""
     args = {} if conv_dim is None else {"conv_dim": str(conv_dim), "conv_alpha": str(conv_alpha)}
     md = {
         "ss_network_module": "networks.lora",
@@ -43,21 +79,16 @@ def network_metadata(arch: str | None, dim, alpha, *, conv_dim=None, conv_alpha=
         "ss_v2": str(arch == "sd2"),
         "ss_base_model_version": BASE_MODEL_VERSION.get(arch or "", "sd_v1"),
         "ss_training_comment": f"made by Alloy {__version__}",
+        "modelspec.sai_model_spec": "1.0.1",
+        "modelspec.architecture": MODELSPEC_ARCH.get(arch or "", "stable-diffusion-v1") + "/lora",
+        "modelspec.implementation": MODELSPEC_IMPL.get(arch or "", "diffusers"),
         "modelspec.date": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    if output_name:
-        md["ss_output_name"] = output_name
+    if title:
+        md["modelspec.title"] = os.path.splitext(file_name(title))[0]
+    if merged_from:
+        md["modelspec.merged_from"] = ", ".join(os.path.splitext(file_name(p))[0] for p in merged_from)
     return md
-
-
-def dim_alpha_text(ranks: list[int], alphas: list[float], dynamic: bool) -> tuple[str, str]:
-    """ss_network_dim / ss_network_alpha: "Dynamic" when asked or when modules differ."""
-    if dynamic or len(set(ranks)) > 1 or len(set(alphas)) > 1:
-        return "Dynamic", "Dynamic"
-    if not ranks:
-        return "0", "0"
-    a = alphas[0]
-    return str(ranks[0]), str(int(a) if float(a).is_integer() else a)
 
 
 def recipe_json(op: str, **fields) -> str:

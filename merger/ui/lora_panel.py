@@ -38,11 +38,12 @@ def run_op(op: str, f: dict, resolve, progress=None) -> tuple[str, str]:
     """Run `op` with UI field values -> (status line, report text). Errors become the status."""
     from merger.lora import api
 
-    req = {"out": f.get("out"), "overwrite": bool(f.get("overwrite")), "device": f.get("device") or "auto"}
+    req = {"out": f.get("out"), "overwrite": bool(f.get("overwrite")), "device": f.get("device") or "auto",
+           "dtype": f.get("dtype") or "keep"}
     if op in ("bake", "merge"):
         req["loras"] = lora_lines(f.get("loras", ""))
     if op == "bake":
-        req.update(model=f.get("model"), dtype=f.get("dtype") or "fp16")
+        req.update(model=f.get("model"))
     elif op == "merge":
         concat = f.get("mode") == "concat"
         req.update(mode="concat" if concat else "svd", rank=None if concat else int(f.get("rank") or 8),
@@ -51,13 +52,15 @@ def run_op(op: str, f: dict, resolve, progress=None) -> tuple[str, str]:
     elif op == "extract":
         req.update(tuned=f.get("model"), base=f.get("base"), rank=int(f.get("rank") or 8),
                    conv_rank=int(f["conv_rank"]) if f.get("conv_rank") else None,
-                   min_diff=float(f.get("min_diff") or 0.01), clamp_quantile=float(f.get("clamp") or 0.99))
+                   min_diff=float(f.get("min_diff") or 0.01),
+                   clamp_quantile=float(f["clamp"]) if f.get("clamp") else None)
     elif op == "resize":
         dyn = f.get("dynamic") or "none"
         first = lora_lines(f.get("loras", ""))
         req.update(lora=f.get("lora") or (parse_spec(first[0]).path if first else ""),
                    rank=int(f["rank"]) if f.get("rank") else None, dynamic=None if dyn == "none" else dyn,
-                   param=float(f["param"]) if f.get("param") not in (None, "") else None, verbose=True)
+                   param=float(f["param"]) if f.get("param") not in (None, "") else None,
+                   conv_rank=int(f["conv_rank"]) if f.get("conv_rank") else None, verbose=True)
     try:
         res = api.OPERATIONS[op](req, resolve, progress)
     except AlloyError as e:
@@ -104,13 +107,15 @@ def build_lora_panel(session, lora_dir: str | None = None):
             mode = gr.Radio(["svd", "concat"], value="svd", label="Merge mode", elem_id="alloy_lora_mode")
             rank = gr.Number(value=8, precision=0, label="Rank (resize: max rank)", elem_id="alloy_lora_rank")
             conv_rank = gr.Number(value=None, precision=0, label="Conv rank", elem_id="alloy_lora_conv_rank")
-            clamp = gr.Textbox(value="", label="Clamp quantile", elem_id="alloy_lora_clamp")
+            clamp = gr.Textbox(value="", label="Clamp quantile (empty: 0.99 as kohya; 1: none)",
+                               elem_id="alloy_lora_clamp")
         with gr.Row():
             dynamic = gr.Dropdown(["none", "sv_fro", "sv_ratio", "sv_cumulative"], value="none",
                                   label="Dynamic resize", elem_id="alloy_lora_dynamic")
             param = gr.Textbox(value="", label="Dynamic parameter", elem_id="alloy_lora_param")
             min_diff = gr.Number(value=0.01, label="Min diff (extract)", elem_id="alloy_lora_min_diff")
-            dtype = gr.Dropdown(["fp16", "bf16", "fp32", "keep"], value="fp16", label="Save dtype",
+            dtype = gr.Dropdown(["fp16", "bf16", "fp32", "keep"], value="keep",
+                                label="Save dtype (keep: the input's; extract: fp32)",
                                 elem_id="alloy_lora_dtype")
         with gr.Row():
             out = gr.Textbox(label="Output file name", elem_id="alloy_lora_out")
@@ -132,8 +137,6 @@ def build_lora_panel(session, lora_dir: str | None = None):
         f = {"loras": loras_, "model": model_, "base": base_, "mode": mode_, "rank": rank_, "conv_rank": conv_,
              "clamp": clamp_, "dynamic": dyn_, "param": param_, "min_diff": md_, "dtype": dt_, "out": out_,
              "overwrite": ow_, "device": dev_}
-        if op_ == "resize":
-            f["dtype"] = "keep" if dt_ == "fp16" else dt_
         prog = (lambda d, t, name: progress(d / max(t, 1), desc=op_)) if progress is not None else None
         return run_op(op_, f, resolve, prog)
 
