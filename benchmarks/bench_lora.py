@@ -40,7 +40,7 @@ def make_modules(small: bool):
 
 def ours(modules, rank, dev):
     res, tensors, norms, errs = LoraResult("merge"), {}, [], []
-    merge_svd(modules, rank, rank, None, dev, tensors, res, norms, errs, None)
+    merge_svd(modules, rank, rank, 1.0, dev, tensors, res, norms, errs, [], None)
     return overall(norms, errs)
 
 

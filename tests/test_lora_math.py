@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from merger.errors import AlloyError
 from merger.lora.blocks import BUILTIN_PRESETS, LBW17, block_values, parse_spec
 from merger.lora.formats import LoraModule, build_modules
-from merger.lora.linalg import choose_rank, clamp_factors, module_delta, orth_factor_svd, rel_error, spectrum_stats
+from merger.lora.linalg import (choose_rank, clamp_factors, module_delta, orth_factor_svd, rel_error, spectrum_stats,
+                                top_svd)
 from merger.arch import get_arch
 
 G = torch.Generator().manual_seed(1)
@@ -139,3 +140,27 @@ def test_parse_spec_windows_and_negative():
 def test_malformed_files_give_clear_errors(tensors, msg):
     with pytest.raises(AlloyError, match=msg):
         build_modules(tensors, "LoRA (bad.safetensors)")
+
+
+@pytest.mark.parametrize("kind", ["noise", "power", "lowrank"])
+def test_randomized_top_svd_error_within_1e3_of_exact_and_reproducible(kind):
+    g = torch.Generator().manual_seed(3)
+    m, n, k = 160, 120, 6                       # l = k + 16 = 22, 2l < 120: the randomized path
+    if kind == "noise":
+        A = torch.randn(2, m, n, generator=g)
+    elif kind == "power":
+        u = torch.linalg.qr(torch.randn(2, m, n, generator=g)).Q
+        v = torch.linalg.qr(torch.randn(2, n, n, generator=g)).Q
+        A = (u * torch.arange(1, n + 1) ** -0.5) @ v.transpose(1, 2)
+    else:
+        A = torch.randn(2, m, 5, generator=g) @ torch.randn(2, 5, n, generator=g) + 0.01 * torch.randn(2, m, n, generator=g)
+    U, S, Vh, steps = top_svd(A, k)
+    assert steps >= 1
+    for i in range(2):
+        s = torch.linalg.svdvals(A[i].double())
+        best = math.sqrt(float((s[k:] ** 2).sum() / (s ** 2).sum()))
+        got = float((A[i] - (U[i] * S[i]) @ Vh[i]).double().norm() / A[i].double().norm())
+        assert best - 1e-6 <= got <= best + 1e-3
+        assert torch.allclose(S[i].double(), s[:k], rtol=2e-3, atol=1e-3 * float(s[0]))
+    U2, S2, Vh2, _ = top_svd(A, k)
+    assert torch.equal(U, U2) and torch.equal(S, S2) and torch.equal(Vh, Vh2)

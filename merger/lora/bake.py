@@ -19,7 +19,7 @@ from merger.lora.blocks import LoraSpec
 from merger.lora.common import LoraResult, block_weight_fn, common_arch, load_specs, pick_device
 from merger.lora.keymap import build_index
 from merger.lora.linalg import module_delta
-from merger.lora.output import DTYPES, recipe_json
+from merger.lora.output import DTYPES, file_name, recipe_json, spec_names
 
 
 def plan_bake(files, specs, arch: str, shapes: dict, presets, messages):
@@ -99,7 +99,7 @@ def bake(model: str, specs: list[LoraSpec], out: str, *, dtype: str = "fp16", ov
         dev = pick_device(device)
         entries = [(k, out_dtype(dtype, src.info(k).dtype), shapes[k]) for k in keys]
         md = {"alloy_lora_recipe": recipe_json(
-            "bake", model=model, dtype=dtype, loras=[s.to_dict() for s in specs],
+            "bake", model=file_name(model), dtype=dtype, loras=spec_names(specs),
             hashes=({"model": sha256_file(model), **{f"lora{i + 1}": sha256_file(s.path) for i, s in enumerate(specs)}}
                     if hash_inputs else {}))}
         with SafetensorsWriter(out, entries, md, overwrite=overwrite) as w:
