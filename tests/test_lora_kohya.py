@@ -281,3 +281,10 @@ def test_extract_metadata_and_dtype_like_kohya(tmp_path):
     assert json.loads(md["ss_network_args"]) == {"conv_dim": "3", "conv_alpha": "3.0"}
     assert md["modelspec.architecture"] == "stable-diffusion-v1/lora" and md["modelspec.title"] == "x"
     assert json.loads(md["alloy_lora_recipe"])["clamp_quantile"] == 0.99
+
+
+def test_kohya_concat_reports_its_error_against_the_sum(tmp_path):
+    a, sa = kohya_file(tmp_path / "a.safetensors", 4, factor_dtype=torch.float32, alpha="float", seed=1)
+    r = merge_loras([LoraSpec(a, 1.0), LoraSpec(a, 1.0)], str(tmp_path / "k.safetensors"), mode="concat",
+                    kohya_alpha=True, device="cpu")
+    assert r.overall_error == pytest.approx(0.5, rel=1e-5)    # two equal LoRAs: each weighted alpha/8, not alpha/4

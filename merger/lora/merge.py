@@ -159,17 +159,25 @@ def merge_loras(specs: list[LoraSpec], out: str, *, mode: str = "svd", rank: int
 
 
 def merge_concat(modules, kohya_alpha, tensors, res, dims, progress):
-    """Concat every module (exact, or kohya's weighting); appends (rank, alpha, 3×3) to `dims`."""
+    """Concat every module (exact, or kohya's weighting, whose error against the exact sum is
+    reported); appends (rank, alpha, 3×3) to `dims`."""
+    norms, errs = [], []
     for i, (name, parts) in enumerate(modules.items()):
         if kohya_alpha:
             t, r, a = concat_module_kohya(name, parts)
+            L, R = factors_of(parts, "cpu")
+            up, down = flat(t[f"{name}.lora_up.weight"]) * (a / r), flat(t[f"{name}.lora_down.weight"])
+            n2 = lowrank_fro2(L.double(), R.double())
+            e2 = lowrank_fro2(torch.cat([L, -up], 1).double(), torch.cat([R, down], 0).double())
+            norms.append(n2)
+            errs.append(max(e2, 0.0))
+            res.errors[name] = (errs[-1] / n2) ** 0.5 if n2 > 0 else 0.0
         else:
             t, r = concat_module(name, parts)
             a = float(r)
+            res.errors[name] = 0.0
         tensors.update(t)
         res.ranks[name] = r
-        if not kohya_alpha:
-            res.errors[name] = 0.0
         k = t[f"{name}.lora_down.weight"].shape[2:]
         dims.append((parts[0][1].rank if kohya_alpha else r, a, len(k) == 2 and tuple(k) != (1, 1)))
         if progress:
@@ -177,8 +185,7 @@ def merge_concat(modules, kohya_alpha, tensors, res, dims, progress):
     if kohya_alpha:
         res.messages.append("kohya concat: each LoRA is weighted (alphaᵢ/Σ ranks)·ratio·|ratio| instead of "
                             "ratio·alphaᵢ/rankᵢ; the result is not the sum of the LoRAs")
-    else:
-        res.overall_error = 0.0
+    res.overall_error = overall(norms, errs) if kohya_alpha else 0.0
 
 
 def merge_svd(modules, rank, conv_rank, clamp_q, dev, tensors, res, norms, errs, dims, progress):
