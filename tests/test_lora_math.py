@@ -164,3 +164,13 @@ def test_randomized_top_svd_error_within_1e3_of_exact_and_reproducible(kind):
         assert torch.allclose(S[i].double(), s[:k], rtol=2e-3, atol=1e-3 * float(s[0]))
     U2, S2, Vh2, _ = top_svd(A, k)
     assert torch.equal(U, U2) and torch.equal(S, S2) and torch.equal(Vh, Vh2)
+
+
+def test_randomized_top_svd_of_zero_and_rank_deficient_batches():
+    U, S, Vh, _ = top_svd(torch.zeros(2, 600, 100), 4)          # CholeskyQR fails -> Householder QR
+    assert float(S.abs().max()) == 0.0 and bool(torch.isfinite(U).all() and torch.isfinite(Vh).all())
+    g = torch.Generator().manual_seed(4)
+    A = torch.randn(2, 600, 3, generator=g) @ torch.randn(2, 3, 100, generator=g)
+    U, S, Vh, _ = top_svd(A, 8)
+    assert float(((U * S.unsqueeze(-2)) @ Vh - A).norm() / A.norm()) < 1e-5
+    assert torch.allclose(U.transpose(1, 2) @ U, torch.eye(8).expand(2, 8, 8), atol=1e-4)

@@ -133,14 +133,14 @@ def flush(pending, clamp_q, exact, tensors, res, norms, errs, dims, progress, do
         A = torch.stack([i[1] for i in items])
         ks = [i[2] for i in items]
         kmax = max(ks)
+        n2 = torch.linalg.vector_norm(A, dim=(1, 2)).double() ** 2
         if exact:
             U, S, Vh = full_svd(A)
         else:
-            U, S, Vh, _ = top_svd(A, kmax)
-        n2 = A.square().sum(dim=(1, 2), dtype=torch.float64)
+            U, S, Vh, _ = top_svd(A, kmax, norm2=n2)
         for j, (name, _, k, dshape) in enumerate(items):
             up, down = clamp_factors(U[j, :, :k] * S[j, :k], Vh[j, :k], clamp_q)
-            e2 = float(torch.addmm(A[j], up, down, alpha=-1).square().sum(dtype=torch.float64))
+            e2 = float(torch.linalg.vector_norm(torch.addmm(A[j], up, down, alpha=-1)).double() ** 2)
             if len(dshape) == 4:
                 up, down = up.reshape(dshape[0], k, 1, 1), down.reshape(k, *dshape[1:])
             tensors[f"{name}.lora_up.weight"] = up.cpu()

@@ -22,7 +22,8 @@ MIN_SV = 1e-6                 # kohya resize_lora: a spectrum whose σ₁ is bel
 TORCH_QUANTILE_MAX = 1 << 24
 RSVD_OVERSAMPLE = 16          # randomized SVD (extract), see top_svd: extra subspace columns,
 RSVD_TOL = 1e-5               # stop when a step adds less than this fraction of ‖A‖² to the top k,
-RSVD_MAX_ITERS = 12           # or after this many subspace steps  # torch.quantile refuses larger inputs
+RSVD_MAX_ITERS = 12           # or after this many subspace steps
+CHOLQR_ROWS = 512             # orthonormal(): CholeskyQR2 from this many rows on  # torch.quantile refuses larger inputs
 
 
 def flat(t: torch.Tensor) -> torch.Tensor:
@@ -91,17 +92,29 @@ def full_svd(A: torch.Tensor):
 
 
 def orthonormal(Y: torch.Tensor) -> torch.Tensor:
+    """An orthonormal basis of the columns of Y ([B,]m×l, l small). Tall Y (m ≥ CHOLQR_ROWS):
+    CholeskyQR2 (Gram and Cholesky in float64, applied twice: orthogonal to rounding, and far
+    faster than LAPACK's QR of a tall thin matrix); Householder QR otherwise or when the Gram
+    matrix is singular."""
+    if Y.shape[-2] >= CHOLQR_ROWS:
+        Q, bad = Y.double(), False
+        for _ in range(2):
+            L, info = torch.linalg.cholesky_ex(Q.transpose(-1, -2) @ Q)
+            Q = torch.linalg.solve_triangular(L, Q.transpose(-1, -2), upper=False).transpose(-1, -2)
+            bad = bad or bool(info.any())
+        if not bad and bool(torch.isfinite(Q).all()):
+            return Q.to(Y.dtype)
     return torch.linalg.qr(Y).Q
 
 
 def top_svd(A: torch.Tensor, k: int, *, oversample: int = RSVD_OVERSAMPLE, tol: float = RSVD_TOL,
-            max_iters: int = RSVD_MAX_ITERS, seed: int = 0):
+            max_iters: int = RSVD_MAX_ITERS, seed: int = 0, norm2: torch.Tensor | None = None):
     """Top-k thin SVD of a batch A ([B,]m×n) by randomized subspace iteration (Halko, Martinsson,
     Tropp 2011, alg. 4.4): Ω ~ N(0,1) n×l (l = k + oversample, seeded), Q = orth(AΩ), then
-    Q = orth(A·orth(AᵀQ)) until the captured energy Σ_{i≤k}σ̃ᵢ² (σ̃ = singular values of AᵀQ)
+    Q = orth(A·orth((QᵀA)ᵀ)) until the captured energy Σ_{i≤k}σ̃ᵢ² (σ̃ = singular values of QᵀA)
     grows by less than `tol`·‖A‖² in one step (at most `max_iters` steps), and the exact SVD of the
     small QᵀA (l×n): A ≈ (Q·u)·diag(s)·vh. Cost O(mnl) per step instead of O(mn·min(m,n)); the
-    exact SVD when l ≥ min(m, n)/2. Returns (U, S, Vh, steps)."""
+    exact SVD when l ≥ min(m, n)/2. `norm2`: ‖A‖² per matrix when known. Returns (U, S, Vh, steps)."""
     m, n = A.shape[-2:]
     l = k + oversample
     if 2 * l >= min(m, n):
@@ -109,16 +122,18 @@ def top_svd(A: torch.Tensor, k: int, *, oversample: int = RSVD_OVERSAMPLE, tol: 
         return U[..., :k], S[..., :k], Vh[..., :k, :], 0
     gen = torch.Generator(device=A.device).manual_seed(seed)
     omega = torch.randn(*A.shape[:-2], n, l, generator=gen, device=A.device, dtype=A.dtype)
-    At = A.transpose(-1, -2)
-    total = A.square().sum(dim=(-2, -1), dtype=torch.float64).clamp_min(1e-300)
+    if norm2 is None:
+        norm2 = torch.linalg.vector_norm(A, dim=(-2, -1)).double() ** 2
+    total = norm2.clamp_min(1e-300)
     Q = orthonormal(A @ omega)
     energy = None
     steps = 0
     while steps < max_iters:
-        Z = At @ Q
-        e = (torch.linalg.svdvals(Z)[..., :k].double() ** 2).sum(-1) / total
+        Bt = Q.transpose(-1, -2) @ A                                   # l×n: QᵀA
+        Bd = Bt.double()
+        e = torch.linalg.eigvalsh(Bd @ Bd.transpose(-1, -2))[..., -k:].sum(-1) / total   # top σ̃²
         steps += 1
-        Q = orthonormal(A @ orthonormal(Z))
+        Q = orthonormal(A @ orthonormal(Bt.transpose(-1, -2)))
         if energy is not None and float((e - energy).max()) < tol:
             break
         energy = e
