@@ -280,17 +280,23 @@ def run_arch(a, tag, arch, base, tuned, run_kohya_extract):
     fbig = write_lora(out(w, tag, "full_big"), shapes, arch, 16, 8.0, 3, False, True, every)
     fsmall = write_lora(out(w, tag, "full_small"), shapes, arch, 16, 8.0, 4, False, True, every)
     sub = "" if every == 1 else f", every {every}th module"
-    svd_merge(a, w, f"{tag} slider{sub}", big, small)
-    svd_merge(a, w, f"{tag} full{sub}", fbig, fsmall)
-    concat(a, w, f"{tag} full{sub}", fbig, fsmall)
-    resize(a, w, f"{tag} slider{sub} (kohya's rank-8 SVD merge)", out(w, f"{tag} slider{sub}", "k_svd"), "sv_fro", "0.99", "16")
-    if arch == "sd1":
+    steps = a.steps.split(",")
+    if "merge" in steps:
+        svd_merge(a, w, f"{tag} slider{sub}", big, small)
+        svd_merge(a, w, f"{tag} full{sub}", fbig, fsmall)
+    if "concat" in steps:
+        concat(a, w, f"{tag} full{sub}", fbig, fsmall)
+    if "resize" in steps:
+        slider = f"{tag} slider{sub}"
+        if not out(w, slider, "k_svd").exists():
+            svd_merge(a, w, slider, big, small)
+        resize(a, w, f"{slider} (kohya's rank-8 SVD merge)", out(w, slider, "k_svd"), "sv_fro", "0.99", "16")
         dec = write_lora(out(w, tag, "decaying"), shapes, arch, 16, 8.0, 5, True, False, every, decay=0.8)
-        for method, param in (("sv_fro", "0.9"), ("sv_ratio", "4"), ("sv_cumulative", "0.7")):
-            resize(a, w, f"{tag} rank-16 decaying spectrum", dec, method, param, "16")
-    if arch == "sd1" and "bake" not in a.skip:
+        for method, param in (("sv_fro", "0.9"), ("sv_ratio", "4"), ("sv_cumulative", "0.7"))[:a.resizes]:
+            resize(a, w, f"{tag} rank-16 decaying spectrum{sub}", dec, method, param, "16")
+    if arch == "sd1" and "bake" in steps:
         bake(a, w, base, fbig)
-    if tuned:
+    if tuned and "extract" in steps:
         extract(a, w, tag, base, tuned, run_kohya_extract, every)
 
 
@@ -305,14 +311,16 @@ def main(argv=None) -> int:
     p.add_argument("--sdxl-every", type=int, default=4,
                    help="SDXL: LoRAs on every Nth module, exact SVD errors of the extract on every Nth module")
     p.add_argument("--work", default="/tmp/alloy-kohya-bench")
-    p.add_argument("--skip", default="", help="comma list of steps to leave out: bake")
+    p.add_argument("--steps", default="merge,concat,resize,bake,extract", help="comma list of steps to run")
+    p.add_argument("--resizes", type=int, default=3, help="how many dynamic methods to compare on the decaying LoRA")
+    p.add_argument("--no-kohya-sd1-extract", action="store_true", help="run Alloy's SD1 extract only")
     a = p.parse_args(argv)
     if not (Path(a.kohya) / "networks" / "svd_merge_lora.py").is_file():
         p.error(f"{a.kohya} has no networks/svd_merge_lora.py")
     Path(a.work).mkdir(parents=True, exist_ok=True)
     start = f"{time.strftime('%Y-%m-%d %H:%M')} UTC, load {os.getloadavg()[0]:.1f}, {os.cpu_count()} cores"
     if a.sd1_base:
-        run_arch(a, "SD1.5", "sd1", a.sd1_base, a.sd1_tuned, True)
+        run_arch(a, "SD1.5", "sd1", a.sd1_base, a.sd1_tuned, not a.no_kohya_sd1_extract)
     if a.sdxl_base:
         run_arch(a, "SDXL", "sdxl", a.sdxl_base, a.sdxl_tuned, a.kohya_sdxl_extract)
     print(f"Measured {start} (load at the end {os.getloadavg()[0]:.1f}), torch {torch.__version__}, CPU\n")
