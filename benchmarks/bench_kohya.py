@@ -85,28 +85,40 @@ def alloy(*args) -> float:
                  cwd=str(Path(__file__).resolve().parents[1]))
 
 
-def deltas(path) -> dict[str, torch.Tensor]:
-    f = load_lora(path)
-    out = {}
-    for n, m in f.modules.items():
-        d = module_delta(m, dtype=torch.float64)
-        out[n] = d.reshape(d.shape[0], -1)
-    return out
+class Deltas:
+    """ΔW (float64, 2-D) of a LoRA file's modules, or of Σ ratio·LoRA, computed per module on use
+    (a whole SD file of float64 deltas would not fit in memory)."""
+
+    def __init__(self, *pairs):
+        self.files = [(load_lora(str(p)), r) for p, r in (pairs if isinstance(pairs[0], tuple) else [(pairs[0], 1.0)])]
+
+    def names(self) -> list[str]:
+        return sorted({n for f, _ in self.files for n in f.modules})
+
+    def get(self, name) -> torch.Tensor | None:
+        out = None
+        for f, r in self.files:
+            if name in f.modules:
+                d = module_delta(f.modules[name], dtype=torch.float64)
+                d = r * d.reshape(d.shape[0], -1)
+                out = d if out is None else out + d
+        return out
 
 
-def exact_sum(pairs) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    for path, ratio in pairs:
-        for n, d in deltas(path).items():
-            out[n] = out.get(n, 0) + ratio * d
-    return out
+def deltas(path) -> Deltas:
+    return Deltas(path)
 
 
-def compare(a: dict, b: dict) -> tuple[float, float]:
+def exact_sum(pairs) -> Deltas:
+    return Deltas(*[(p, r) for p, r in pairs])
+
+
+def compare(a: Deltas, b: Deltas) -> tuple[float, float]:
     """(overall, worst module) relative Frobenius difference of a against b, over b's modules."""
     num = den = worst = 0.0
-    for n, db in b.items():
-        diff = float((a[n] - db).norm() ** 2) if n in a else float(db.norm() ** 2)
+    for n in b.names():
+        db, da = b.get(n), a.get(n)
+        diff = float((da - db).norm() ** 2) if da is not None else float(db.norm() ** 2)
         nb = float(db.norm() ** 2)
         num, den = num + diff, den + nb
         worst = max(worst, math.sqrt(diff / nb) if nb else 0.0)
@@ -210,42 +222,34 @@ def bake(a, w, base, lora):
                  f"kohya {tk:.1f} s, Alloy {ta:.1f} s"))
 
 
-def exact_errors(d: dict, ref: dict, k: int, every: int) -> tuple[float, float, int]:
+def exact_gap(d: Deltas, tuned, base, k: int, every: int) -> tuple[float, float, int]:
     """(overall error of `d` minus the exact rank-k error, worst module difference, modules) over
-    every `every`-th module: the exact error from the singular values of the true ΔW."""
-    num_e = num_x = den = worst = 0.0
-    names = sorted(ref)[::every]
-    for n in names:
-        s2 = torch.linalg.svdvals(ref[n].float()).double() ** 2
-        kk = min(k, len(s2))
-        tot, best = float(s2.sum()), float(s2[kk:].sum())
-        got = float((d[n] - ref[n]).norm() ** 2)
-        num_e, num_x, den = num_e + got, num_x + best, den + tot
-        worst = max(worst, math.sqrt(got / tot) - math.sqrt(best / tot))
-    return math.sqrt(num_e / den) - math.sqrt(num_x / den), worst, len(names)
-
-
-def true_deltas(tuned, base, names) -> dict[str, torch.Tensor]:
-    """tuned − base (float64, 2-D) of the named modules, read through Alloy's key map."""
+    every `every`-th module; the exact error from the singular values of the true ΔW = tuned − base,
+    read through Alloy's key map."""
     from merger.arch import detect
     from merger.lora.keymap import build_index
     shp = shapes_of(base)
-    arch = detect(list(shp), "base", shp).name
-    index = build_index(shp, arch)
-    out = {}
+    index = build_index(shp, detect(list(shp), "base", shp).name)
+    num_e = num_x = den = worst = 0.0
+    names = d.names()[::every]
     t, b = open_source(str(tuned), "tuned"), open_source(str(base), "base")
     try:
         for n in names:
             tg = index[n]
-            d = t.read(tg.key).double() - b.read(tg.key).double()
+            ref = t.read(tg.key).double() - b.read(tg.key).double()
             if tg.rows is not None:
-                third = d.shape[0] // 3
-                d = d[tg.rows * third:(tg.rows + 1) * third]
-            out[n] = d.reshape(d.shape[0], -1)
+                third = ref.shape[0] // 3
+                ref = ref[tg.rows * third:(tg.rows + 1) * third]
+            ref = ref.reshape(ref.shape[0], -1)
+            s2 = torch.linalg.svdvals(ref.float()).double() ** 2
+            tot, best = float(s2.sum()), float(s2[min(k, len(s2)):].sum())
+            got = float((d.get(n) - ref).norm() ** 2)
+            num_e, num_x, den = num_e + got, num_x + best, den + tot
+            worst = max(worst, math.sqrt(got / tot) - math.sqrt(best / tot))
     finally:
         t.close()
         b.close()
-    return out
+    return math.sqrt(num_e / den) - math.sqrt(num_x / den), worst, len(names)
 
 
 def extract(a, w, tag, base, tuned, run_kohya, every):
@@ -254,9 +258,7 @@ def extract(a, w, tag, base, tuned, run_kohya, every):
     ta = alloy("extract", "--tuned", tuned, "--base", base, "--rank", "8", "--out", af, "--device", "cpu")
     alloy("extract", "--tuned", tuned, "--base", base, "--rank", "8", "--clamp-quantile", "1", "--out", nf,
           "--device", "cpu")
-    dn = deltas(nf)
-    ref = true_deltas(tuned, base, sorted(dn)[::every])
-    gap, worst, count = exact_errors(dn, ref, 8, 1)
+    gap, worst, count = exact_gap(deltas(nf), tuned, base, 8, every)
     text = (f"randomized top-8 SVD error − exact SVD error: {gap:.1e} overall, {worst:.1e} worst module "
             f"({count} modules measured)")
     tk = None
