@@ -80,8 +80,6 @@ def test_cli_outputs_name_models_by_file_and_hash_and_run_finds_them_elsewhere(f
     assert_private(metadata(tmp_path / "l.safetensors"), "l.safetensors")
 
 
-@pytest.mark.xfail(strict=True, reason="merger/lora writes input paths into ss_training_comment and "
-                   "alloy_lora_recipe until the LoRA branch's metadata fix lands; drop this marker then")
 def test_lora_outputs_carry_no_path(folder, capsys):
     d = str(folder)
     runs = [
