@@ -11,17 +11,16 @@ run as a host job (Session.job): in the WebUI they wait for a running generation
 --api-auth check, see merger.webui.api_dependencies)."""
 from __future__ import annotations
 
-import logging
-from typing import Any, Callable
+from typing import Any
 
-from fastapi import APIRouter, Body, HTTPException
+from fastapi import APIRouter, Body
 
-from .errors import AlloyError, Interrupted
+from .errors import AlloyError
+from .http import answer
 from .recipe import DTYPES, Recipe
 from .schema import Custom, Flag, Text, check_object
 
 PREFIX = "/alloy/v1"
-log = logging.getLogger("alloy")
 
 _NAME = Text(1024, optional=True)
 MERGE_SCHEMA = {
@@ -38,27 +37,6 @@ SAVE_SCHEMA = {
     "bake_vae": _NAME,
     "overwrite": Flag(),
 }
-
-
-def _http_error(e: AlloyError) -> HTTPException:
-    from .session import Busy
-    code = 409 if isinstance(e, (Busy, Interrupted)) else 400
-    return HTTPException(status_code=code, detail=str(e))
-
-
-def answer(action: str, fn: Callable[[], Any]) -> Any:
-    """Run a route's work: AlloyError → 400/409 with its sentence; anything unexpected → logged
-    with its traceback and answered 500 with a sentence (never a bare server error)."""
-    try:
-        return fn()
-    except AlloyError as e:
-        raise _http_error(e) from None
-    except HTTPException:
-        raise
-    except Exception as e:  # noqa: BLE001 - the route's last line of defence
-        log.exception("Alloy: %s failed", action)
-        raise HTTPException(status_code=500, detail=f"Alloy's {action} failed with an unexpected "
-                                                    f"{type(e).__name__}; the server log has the details.") from None
 
 
 def _refuse_overwrite(session, name: str | None, overwrite: bool) -> None:

@@ -138,11 +138,11 @@ def session_resolver(session, lora_dir: str | None = None) -> Resolver:
 
 
 def create_lora_router(resolve_path: Resolver = _same, prefix: str = "/alloy/v1/lora", dependencies=None):
-    """FastAPI router with POST /alloy/v1/lora/{bake,merge,extract,resize} (merger.api.answer:
+    """FastAPI router with POST /alloy/v1/lora/{bake,merge,extract,resize} (merger.http.answer:
     AlloyError → 400, anything unexpected → logged, 500 with a sentence)."""
     from fastapi import APIRouter, Body
 
-    from merger.api import answer
+    from merger.http import answer
 
     router = APIRouter(prefix=prefix, dependencies=list(dependencies or []))
 
