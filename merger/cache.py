@@ -4,7 +4,12 @@
 (keys / info / __contains__ / read). Entries are keyed by (realpath, size, mtime_ns, tensor key):
 a file changed on disk is a different file. Eviction is least-recently-used within a byte budget.
 Cached tensors are shared, never copied on read: callers (the engine's kernels) must not modify
-what `read` returns without a buffer (DESIGN.md: kernels are pure)."""
+what `read` returns without a buffer (DESIGN.md: kernels are pure).
+
+The same budget also holds *derived* tensors (`SourceCache.derived(scope)` → `DerivedStore`): the
+alpha-independent intermediate results of the multi-model merges (a trimmed, elected task vector),
+keyed by the exact files merged and `Plan.derived_key`, so an alpha sweep costs one fused add per
+key instead of a re-trim. They are evicted with everything else, least recently used first."""
 from __future__ import annotations
 
 import os
@@ -16,6 +21,9 @@ import torch
 
 from .errors import AlloyError
 from .paths import shown
+
+
+_DERIVED = "derived"
 
 
 class FileId(NamedTuple):
@@ -46,6 +54,8 @@ class CacheStats(NamedTuple):
     files: int
     hits: int
     misses: int
+    derived_hits: int = 0
+    derived_misses: int = 0
 
 
 class SourceCache:
@@ -63,6 +73,8 @@ class SourceCache:
         self._bytes = 0
         self._hits = 0
         self._misses = 0
+        self._derived_hits = 0
+        self._derived_misses = 0
 
     # ---- files ---------------------------------------------------------------------------
     def open(self, path: str, label: str = "model A") -> "CachedSource":
@@ -79,7 +91,7 @@ class SourceCache:
     def _forget_path(self, realpath: str) -> None:
         """Drop every file id (and its tensors) of an older version of `realpath`."""
         for old in [f for f in self._sources if f.realpath == realpath]:
-            for k in [k for k in self._lru if k[0] == old]:
+            for k in [k for k in self._lru if k[0] == old or (k[0] == _DERIVED and old in k[1][0])]:
                 self._bytes -= _nbytes(self._lru.pop(k))
             src = self._sources.pop(old)
             close = getattr(src, "close", None)
@@ -101,7 +113,29 @@ class SourceCache:
             self._store((fid, key), t)
         return t
 
-    def _store(self, ck: tuple[FileId, str], t: torch.Tensor) -> None:
+    # ---- derived tensors --------------------------------------------------------------------
+    def derived(self, scope: tuple) -> "DerivedStore":
+        """A store of derived tensors for merges of exactly the files in `scope` (their FileIds)."""
+        return DerivedStore(self, tuple(scope))
+
+    def get_derived(self, dkey: tuple) -> torch.Tensor | None:
+        with self._lock:
+            t = self._lru.get((_DERIVED, dkey))
+            if t is None:
+                self._derived_misses += 1
+                return None
+            self._lru.move_to_end((_DERIVED, dkey))
+            self._derived_hits += 1
+            return t
+
+    def put_derived(self, dkey: tuple, t: torch.Tensor) -> None:
+        """Keep `t` (never modified afterwards: readers share it) within the budget."""
+        if t.device.type != "cpu" and not self._gpu:
+            t = t.to("cpu")
+        with self._lock:
+            self._store((_DERIVED, dkey), t)
+
+    def _store(self, ck: tuple, t: torch.Tensor) -> None:
         n = _nbytes(t)
         if n > self._budget or ck in self._lru:
             return
@@ -144,7 +178,21 @@ class SourceCache:
     def stats(self) -> CacheStats:
         with self._lock:
             return CacheStats(self._bytes, self._budget, len(self._lru), len(self._sources),
-                              self._hits, self._misses)
+                              self._hits, self._misses, self._derived_hits, self._derived_misses)
+
+
+class DerivedStore:
+    """Derived tensors of merges of one set of files (`scope`): `get(key)` → tensor or None,
+    `put(key, tensor)`. Keys are `Plan.derived_key(...)` tuples."""
+
+    def __init__(self, cache: SourceCache, scope: tuple):
+        self._cache, self.scope = cache, scope
+
+    def get(self, key: tuple) -> torch.Tensor | None:
+        return self._cache.get_derived((self.scope, key))
+
+    def put(self, key: tuple, t: torch.Tensor) -> None:
+        self._cache.put_derived((self.scope, key), t)
 
 
 class CachedSource:

@@ -8,6 +8,7 @@ import os
 import sys
 
 from .errors import AlloyError
+from .multimodes import DENSITY_DEFAULT, OUTLIERS_DEFAULT
 from .paths import shown
 from .recipe import CALCS, MODES, Recipe
 
@@ -43,13 +44,21 @@ def _add_merge_args(p):
     p.add_argument("--model-a", required=True, help="primary model (the base)")
     p.add_argument("--model-b", required=True)
     p.add_argument("--model-c")
+    for slot in "def":
+        p.add_argument(f"--model-{slot}", help="another fine-tune (multi-model modes)")
     p.add_argument("--mode", default="weight_sum", help=f"{'|'.join(MODES)} (UI names accepted)")
     p.add_argument("--calc", default="normal", help="|".join(CALCS))
-    p.add_argument("--alpha", type=float, default=0.5)
+    p.add_argument("--alpha", type=float, default=None,
+                   help="alpha (default 0.5); the task-vector modes' lambda (default 1); SLERP's t (default 0.5)")
     p.add_argument("--beta", type=float, default=0.25)
     p.add_argument("--gamma", type=float, default=0.3)
     p.add_argument("--alpha-blocks", help='block weights "v0,v1,…" (26 SD1/SD2, 20 SDXL, 61 Flux) or a preset')
     p.add_argument("--beta-blocks", help="block weights for beta")
+    p.add_argument("--weights", help='one weight per fine-tune B, C, … "w1,w2,…" (multi-model modes; default 1)')
+    p.add_argument("--density", type=float, default=DENSITY_DEFAULT,
+                   help=f"kept fraction d in (0, 1] (TIES, DARE, breadcrumbs; default {DENSITY_DEFAULT})")
+    p.add_argument("--outliers", type=float, default=OUTLIERS_DEFAULT,
+                   help=f"breadcrumbs: dropped top fraction in [0, 1) (default {OUTLIERS_DEFAULT})")
     p.add_argument("--elemental", default="", help='elemental rules "BLOCKS:ELEMENTS:RATIO, …"')
     sel = p.add_mutually_exclusive_group()
     sel.add_argument("--include", default="", help="merge only these blocks / VAE / ADJUST / key substrings")
@@ -63,7 +72,8 @@ def _add_merge_args(p):
     p.add_argument("--bake-vae", help="replace the VAE with this file's weights")
     p.add_argument("--fix-clip-ids", action="store_true", help="repair CLIP position_ids to 0..76")
     p.add_argument("--seed", type=int, default=0,
-                   help="seed of random block weights (R/U/X/D tokens) and random calcs; -1 = a new one")
+                   help="seed of the DARE masks, random block weights (R/U/X/D tokens) and random calcs; "
+                        "-1 = a new one")
     p.add_argument("--dice-upper", help="X: upper limit (D: centre), one value or one per block (default 1)")
     p.add_argument("--dice-lower", help="X: lower limit (D: width), one value or per block; '0.2R0.5' = "
                                         "0.2 with probability 0.5, else 0 (default 0)")
@@ -141,9 +151,11 @@ def _dice_args(a) -> dict | None:
 
 
 def _recipe_from_args(a) -> Recipe:
-    return Recipe(model_a=a.model_a, model_b=a.model_b, model_c=a.model_c, mode=a.mode, calc=a.calc,
+    return Recipe(model_a=a.model_a, model_b=a.model_b, model_c=a.model_c, model_d=a.model_d,
+                  model_e=a.model_e, model_f=a.model_f, mode=a.mode, calc=a.calc,
                   alpha=a.alpha, beta=a.beta, gamma=a.gamma, alpha_blocks=a.alpha_blocks,
-                  beta_blocks=a.beta_blocks, elemental=a.elemental, include=a.include, exclude=a.exclude,
+                  beta_blocks=a.beta_blocks, weights=a.weights, density=a.density, outliers=a.outliers,
+                  elemental=a.elemental, include=a.include, exclude=a.exclude,
                   adjust=a.adjust, dtype=a.dtype, compute_dtype=a.compute_dtype, prune=a.prune,
                   bake_vae=a.bake_vae, fix_clip_ids=a.fix_clip_ids, seed=a.seed, dice=_dice_args(a))
 

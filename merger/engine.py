@@ -18,6 +18,7 @@ from . import parallel
 from .adjust import apply_adjust
 from .errors import AlloyError, Interrupted, TensorValueError
 from .methods import KeyContext
+from .multiexec import derived_hit, merge_multi
 from .plan import SLOTS, KeyPlan, Plan, inputs_text
 
 CHUNK = 1 << 20
@@ -91,13 +92,18 @@ class _Scratch:
 
 def _needed_slots(plan: Plan, kp: KeyPlan) -> tuple:
     if kp.action == "merge":
-        return ("a", "b", "c") if plan.method.needs_c else ("a", "b")
+        return plan.slots
     return {"keep_a": ("a",), "copy_b": ("b",)}.get(kp.action, ())
 
 
-def _read(plan: Plan, sources: dict, kp: KeyPlan, bufs: dict) -> dict:
+def _read(plan: Plan, sources: dict, kp: KeyPlan, bufs: dict, derived=None) -> dict:
+    """The source tensors of one key. A multi-model key whose alpha-independent step is in the
+    derived cache reads only A (and the fine-tunes when its combine step needs them)."""
     out = {}
-    for slot in _needed_slots(plan, kp):
+    hit, slots = derived_hit(plan, kp, derived, _needed_slots(plan, kp))
+    if hit is not None:
+        out["derived"] = hit
+    for slot in slots:
         out[slot] = sources[slot].read(kp.key, bufs.get(slot))  # no buffer for shared in-memory sources
     if kp.action == "vae":
         vsrc, vkey = plan.vae[kp.key]
@@ -197,8 +203,11 @@ def _sizes(plan: Plan, sources: dict, work: list) -> dict:
 
 
 def execute(plan: Plan, sources: dict, sink: Sink, *, device="cpu", progress=None, should_stop=None,
-            only_keys=None) -> Report:
-    """Produce every planned key (or only `only_keys`) through `sink`. Aborts the sink on any error."""
+            only_keys=None, derived=None) -> Report:
+    """Produce every planned key (or only `only_keys`) through `sink`. Aborts the sink on any error.
+
+    `derived` (optional, `merger.cache.DerivedStore`): where multi-model merges keep and find their
+    alpha-independent intermediate tensors, so a sweep over alpha does not redo them."""
     t0 = time.perf_counter()
     device = resolve_device(device) if not isinstance(device, torch.device) else device
     report = Report(recipe=plan.recipe)
@@ -214,15 +223,15 @@ def execute(plan: Plan, sources: dict, sink: Sink, *, device="cpu", progress=Non
             _prepass(plan, sources, device, progress, should_stop)
         if parallel.wanted(plan, work):
             keypool = parallel.KeyPool(plan)
-        pending = pool.submit(_read, plan, sources, work[0], bufs.sets[0]) if work else None
+        pending = pool.submit(_read, plan, sources, work[0], bufs.sets[0], derived) if work else None
         for i, kp in enumerate(work):
             if should_stop is not None and should_stop():
                 raise Interrupted("The merge was stopped; nothing was changed.")
             tensors = pending.result()
             if i + 1 < len(work):
-                pending = pool.submit(_read, plan, sources, work[i + 1], bufs.sets[(i + 1) % 2])
+                pending = pool.submit(_read, plan, sources, work[i + 1], bufs.sets[(i + 1) % 2], derived)
             if keypool is None:
-                _produce(plan, kp, tensors, sink, scratch, ctx, device, report)
+                _produce(plan, kp, tensors, sink, scratch, ctx, device, report, derived)
             else:
                 merge = kp.action == "merge"
                 keypool.add(kp, tensors, merge, None if merge else _plain(kp, tensors))
@@ -278,11 +287,13 @@ def _deliver(sink, kp, result, target=None) -> None:
     sink.put(kp, result)
 
 
-def _produce(plan, kp, tensors, sink, scratch, ctx, device, report) -> None:
+def _produce(plan, kp, tensors, sink, scratch, ctx, device, report, derived=None) -> None:
     _count(kp, report)
     target = sink.target(kp)
     if kp.action != "merge":
         result = _plain(kp, tensors)
+    elif plan.method.multi is not None:
+        result = merge_multi(plan, kp, tensors, target, device, derived, _check_finite)
     elif plan.method.elementwise and not kp.channels and not kp.adjust and tensors["a"].dim() > 0:
         if target is None:
             target = torch.empty(kp.shape, dtype=kp.out_dtype)

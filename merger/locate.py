@@ -17,15 +17,15 @@ from .io.hashing import HashCache, cached_sha256, sha256_file
 from .paths import MODEL_EXTS, shown
 from .recipe import MODEL_SLOTS, Recipe, file_name
 
-SLOT_LABELS = {"a": "model A", "b": "model B", "c": "model C", "vae": "the VAE"}
+SLOT_LABELS = {**{s: f"model {s.upper()}" for s in "abcdef"}, "vae": "the VAE"}
 
 
 def needed_slots(recipe: Recipe) -> list[str]:
-    """The model slots a merge of `recipe` reads ("a", "b", "c" when its method needs it, "vae")."""
+    """The model slots a merge of `recipe` reads ("a", "b", "c" when its method needs it, the
+    fine-tunes B…F of a multi-model mode, "vae")."""
     from .methods import get_method
-    slots = ["a", "b"]
-    if get_method(recipe.mode, recipe.calc).needs_c:
-        slots.append("c")
+    from .plan import merge_slots
+    slots = list(merge_slots(recipe, get_method(recipe.mode, recipe.calc)))
     if recipe.bake_vae:
         slots.append("vae")
     return slots

@@ -13,6 +13,7 @@ from .arch import Arch, check_same_arch, detect
 from .errors import AlloyError
 from .io import open_source, vae_overrides
 from .methods import Method, get_method
+from .multimodes import multi_mode, tuned_slots, used_weights
 from .paths import shown
 from .presets import Presets
 from .recipe import Recipe
@@ -25,7 +26,7 @@ FP8_DTYPES = {"fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
 COMPUTE = {"fp32": torch.float32, "fp64": torch.float64}
 # Channel counts of special first convs (§10.5): inpainting has 9 input channels, instruct-pix2pix 8.
 SPECIAL_IN_CHANNELS = {9: "inpainting", 8: "instruct-pix2pix"}
-SLOTS = ("a", "b", "c")
+SLOTS = ("a", "b", "c", "d", "e", "f")
 
 
 @dataclass
@@ -57,11 +58,19 @@ class Plan:
     adjust: tuple | None = None
     vae: dict = field(default_factory=dict)  # out key -> (Source, key)
     notes: list[str] = field(default_factory=list)
+    slots: tuple = ("a", "b")                 # the sources a merged key is computed from, A first
 
     def __post_init__(self):
         self._by_key = {kp.key: kp for kp in self.items}
         ident = self.recipe.identity()
-        self._models = tuple(ident[f"model_{s}"] for s in SLOTS)
+        self._models = tuple(ident.get(f"model_{s}") for s in SLOTS)
+        self.multi = multi_params(self.recipe)
+
+    def derived_key(self, key: str) -> tuple:
+        """What a multi-model kernel's alpha-independent step (`MultiKernel.prepare`) depends on
+        for `key`: equal keys ⇒ equal intermediate tensors (the engine's derived cache)."""
+        kp = self._by_key[key]
+        return (self._models, self.recipe.mode, self.multi, key, kp.channels, self.recipe.compute_dtype)
 
     def __getitem__(self, key) -> KeyPlan:
         return self._by_key[key]
@@ -76,7 +85,7 @@ class Plan:
         models = self._models
         if kp.action == "merge":
             return ("merge", models, r.mode, r.calc, kp.alpha, kp.beta, r.gamma, kp.channels,
-                    self.adjust if kp.adjust else None, r.compute_dtype, kp.out_dtype)
+                    self.adjust if kp.adjust else None, r.compute_dtype, kp.out_dtype, self.multi)
         if kp.action == "keep_a":
             return ("keep_a", models[0], kp.out_dtype)
         if kp.action == "copy_b":
@@ -89,17 +98,41 @@ class Plan:
         return sum(1 for kp in self.items if kp.action == action)
 
 
-def open_sources(recipe: Recipe) -> dict:
-    """Open A, B and (when the method needs it) C from their headers."""
+def multi_params(recipe: Recipe) -> tuple | None:
+    """(weights, density, outliers, seed) of a multi-model recipe, None for a field its mode does not
+    use (so a sweep over an unused field recomputes nothing); None for the SuperMerger modes."""
+    spec = multi_mode(recipe.mode)
+    if spec is None:
+        return None
+    return (used_weights(recipe) if "weights" in spec.uses else None,
+            float(recipe.density) if "density" in spec.uses else None,
+            float(recipe.outliers) if "outliers" in spec.uses else None,
+            int(recipe.seed) if "seed" in spec.uses else None)
+
+
+def merge_slots(recipe: Recipe, method: Method) -> tuple:
+    """The models a merged key is computed from: A, B and C when the method needs it; A and the
+    fine-tunes B…F for the multi-model modes."""
+    if method.multi is not None:
+        return ("a", *tuned_slots(recipe))
+    return ("a", "b", "c") if method.needs_c else ("a", "b")
+
+
+def source_paths(recipe: Recipe) -> dict:
+    """{slot: path} of the models a recipe reads (`merge_slots`)."""
     method = get_method(recipe.mode, recipe.calc)
-    paths = {"a": recipe.model_a, "b": recipe.model_b, "c": recipe.model_c if method.needs_c else None}
     if method.needs_c and not recipe.model_c:
         raise AlloyError(f"The {recipe.mode.replace('_', ' ')} mode ({recipe.calc}) needs a model C.")
+    slots = merge_slots(recipe, method)
+    return {s: getattr(recipe, f"model_{s}") for s in slots if getattr(recipe, f"model_{s}")}
+
+
+def open_sources(recipe: Recipe) -> dict:
+    """Open the models of `source_paths` from their headers."""
     sources = {}
     try:
-        for slot, path in paths.items():
-            if path:
-                sources[slot] = open_source(path, label=f"model {slot.upper()}")
+        for slot, path in source_paths(recipe).items():
+            sources[slot] = open_source(path, label=f"model {slot.upper()}")
     except BaseException:
         for s in sources.values():
             s.close()
@@ -176,7 +209,12 @@ def build_plan(recipe: Recipe, sources: dict, *, presets: Presets | None = None)
     recipe.validate()
     method = get_method(recipe.mode, recipe.calc)
     method.validate(recipe.alpha, recipe.beta, recipe.gamma)
-    src_a, src_b, src_c = sources["a"], sources["b"], sources.get("c")
+    slots = merge_slots(recipe, method)
+    missing = [s for s in slots if s not in sources]
+    if missing:
+        raise AlloyError(f"Model {missing[0].upper()} was not opened for this {recipe.mode} merge.")
+    src_a, src_b = sources["a"], sources["b"]
+    others = [sources[s] for s in slots[1:]]
     label = {slot: source_label(src) for slot, src in sources.items() if src is not None}
     archs = {label[slot]: detect(src.keys(), label=label[slot]) for slot, src in sources.items()
              if src is not None and slot in SLOTS}
@@ -199,19 +237,14 @@ def build_plan(recipe: Recipe, sources: dict, *, presets: Presets | None = None)
         out = _out_dtype(recipe, ia.dtype, key, mapped, arch)
         kp = KeyPlan(key, "keep_a", tuple(ia.shape), out, block=block)
         items.append(kp)
-        if block is None or key not in src_b:
-            continue
-        if method.needs_c and key not in src_c:
-            continue
+        if block is None or not all(key in s for s in others):
+            continue                                   # a key missing from any model keeps A
         if method.skips_vae and arch.is_vae(key):
             continue
-        shapes = {"a": ia.shape, "b": src_b.info(key).shape}
-        if method.needs_c:
-            shapes["c"] = src_c.info(key).shape
+        shapes = {"a": ia.shape, **{slot: sources[slot].info(key).shape for slot in slots[1:]}}
         ratios = resolver.ratios(key, block)
         if ratios is None:
             continue
-        others = (src_b, src_c) if method.needs_c else (src_b,)
         if not all(s.info(key).dtype.is_floating_point for s in others):
             continue
         kp.channels = _shape_rule(key, shapes, recipe.calc, label)
@@ -249,4 +282,4 @@ def build_plan(recipe: Recipe, sources: dict, *, presets: Presets | None = None)
                      "so the result is model A")
     if recipe.bake_vae and not any(kp.action == "vae" for kp in items):
         raise AlloyError(f"No key of the VAE {shown(recipe.bake_vae)} matches this {arch.label} model's VAE.")
-    return Plan(recipe, arch, method, items, compute, adjust=adjust, vae=vae, notes=notes)
+    return Plan(recipe, arch, method, items, compute, adjust=adjust, vae=vae, notes=notes, slots=slots)

@@ -8,9 +8,11 @@ import ntpath
 from dataclasses import dataclass, field
 
 from .errors import AlloyError
-from .modes import (CALCS, MODE_LABELS, MODES, MODES_NEEDING_C, effective_mode,  # noqa: F401 (re-exported)
-                    normalize_calc, normalize_mode)
-from .schema import Custom, Flag, Hashes, Number, Text, check_object
+from .modes import (CALCS, CLASSIC_MODES, MODE_LABELS, MODES, MODES_NEEDING_C,  # noqa: F401 (re-exported)
+                    effective_mode, normalize_calc, normalize_mode)
+from .multimodes import (DENSITY_DEFAULT, MAX_TUNED, OUTLIERS_DEFAULT, alpha_default, check_recipe, identity_fields,
+                         parse_weights)
+from .schema import Custom, Flag, Hashes, ListOf, Number, Text, check_object
 
 DTYPES = ("fp16", "bf16", "fp32", "keep", "fp8_e4m3fn", "fp8_e5m2")
 COMPUTE_DTYPES = ("fp32", "fp64")
@@ -19,7 +21,8 @@ RECIPE_VERSION = 1
 RATIO_LIMIT = 100.0           # |alpha|, |beta|, |gamma|: SuperMerger's sliders span about -1..2
 SEED_RANGE = (-(1 << 63), (1 << 64) - 1)
 MAX_RECIPE_BYTES = 16 << 20
-MODEL_SLOTS = {"a": "model_a", "b": "model_b", "c": "model_c", "vae": "bake_vae"}
+MODEL_SLOTS = {"a": "model_a", "b": "model_b", "c": "model_c", "d": "model_d", "e": "model_e", "f": "model_f",
+               "vae": "bake_vae"}
 
 _NAME = Text(4096, optional=True, line=False)     # paths may hold any character but NUL (CLI)
 _LIMITS = Text(20_000, optional=True)
@@ -32,16 +35,19 @@ SCHEMA = {
     "type": Text(64, optional=True, choices=(RECIPE_TYPE,)),
     "version": Number(1, RECIPE_VERSION, integer=True, optional=True),
     "model_a": Text(4096, nonempty=True, line=False), "model_b": _NAME, "model_c": _NAME,
+    "model_d": _NAME, "model_e": _NAME, "model_f": _NAME,
     "mode": Text(64), "calc": Text(64),
     "alpha": _RATIO, "beta": _RATIO, "gamma": _RATIO,
     "alpha_blocks": Text(20_000, optional=True), "beta_blocks": Text(20_000, optional=True),
+    "weights": ListOf(_RATIO, max_len=MAX_TUNED, optional=True),
+    "density": Number(0.0, 1.0), "outliers": Number(0.0, 1.0),
     "elemental": Text(100_000, optional=True, line=False),
     "include": Text(20_000, optional=True), "exclude": Text(20_000, optional=True),
     "adjust": Text(1000, optional=True),
     "dtype": Text(16, choices=DTYPES), "compute_dtype": Text(16, choices=COMPUTE_DTYPES),
     "prune": Flag(), "bake_vae": _NAME, "fix_clip_ids": Flag(),
     "seed": Number(*SEED_RANGE, integer=True),
-    "hashes": Hashes(),
+    "hashes": Hashes(slots=tuple(MODEL_SLOTS)),
     "dice": Custom(lambda v, label: check_object(v, DICE_SCHEMA, label, defaults=False), optional=True),
 }
 
@@ -53,13 +59,19 @@ class Recipe:
     model_a: str
     model_b: str | None = None
     model_c: str | None = None
+    model_d: str | None = None       # models D…F: fine-tunes of the multi-model modes only
+    model_e: str | None = None
+    model_f: str | None = None
     mode: str = "weight_sum"
     calc: str = "normal"
-    alpha: float = 0.5
+    alpha: float | None = None       # None: the mode's default (0.5; λ = 1 for task-vector modes)
     beta: float = 0.25
     gamma: float = 0.3
     alpha_blocks: str | None = None
     beta_blocks: str | None = None
+    weights: list | None = None      # one per fine-tune B…F (multi-model modes); None = all 1
+    density: float = DENSITY_DEFAULT
+    outliers: float = OUTLIERS_DEFAULT
     elemental: str = ""
     include: str = ""
     exclude: str = ""
@@ -80,7 +92,11 @@ class Recipe:
     def __post_init__(self):
         self.calc = normalize_calc(self.calc)
         self.mode = effective_mode(self.calc, normalize_mode(self.mode))
-        for name in ("model_b", "model_c", "alpha_blocks", "beta_blocks", "bake_vae"):
+        if self.alpha is None:
+            self.alpha = alpha_default(self.mode)
+        self.weights = parse_weights(self.weights)
+        for name in ("model_b", "model_c", "model_d", "model_e", "model_f", "alpha_blocks", "beta_blocks",
+                     "bake_vae"):
             v = getattr(self, name)
             if v is not None and str(v).strip() == "":
                 setattr(self, name, None)
@@ -127,10 +143,16 @@ class Recipe:
 
     # ---- serialisation ------------------------------------------------------------------
     def to_dict(self) -> dict:
+        """All fields; a SuperMerger-mode recipe leaves out the multi-model fields it does not set,
+        so its JSON is what it was before those modes existed."""
         d = {"type": RECIPE_TYPE, "version": RECIPE_VERSION}
         d.update(dataclasses.asdict(self))
         if d["dice"] is None:
             del d["dice"]
+        if self.mode in CLASSIC_MODES:
+            for name, default in _MULTI_FIELDS.items():
+                if d[name] == default:
+                    del d[name]
         return d
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -158,8 +180,11 @@ class Recipe:
         d = dataclasses.asdict(self)
         hashes = d.pop("hashes") or {}
         d.pop("dice")     # the drawn numbers are in the block lists; the token text does not change tensors
+        for name in _MULTI_FIELDS:      # SuperMerger-mode hashes stay as they were before these fields
+            del d[name]
+        d.update(identity_fields(self))
         for slot, key in MODEL_SLOTS.items():
-            if d[key] is not None and hashes.get(slot):
+            if d.get(key) is not None and hashes.get(slot):
                 d[key] = "sha256:" + hashes[slot][:10]
         if self.mode == "weight_sum" and self.calc == "normal":
             d["model_c"] = None
@@ -174,7 +199,7 @@ class Recipe:
         """Every field's type and range (the schema of `from_dict`), then the combinations."""
         fields = dataclasses.asdict(self)
         clean = check_object(fields, SCHEMA, "The recipe", required=("model_a",), defaults=False)
-        for name in ("alpha", "beta", "gamma", "seed"):
+        for name in ("alpha", "beta", "gamma", "seed", "density", "outliers"):
             setattr(self, name, clean[name])
         if self.mode not in MODES:
             raise AlloyError(f"Unknown merge mode '{self.mode}'.")
@@ -190,12 +215,15 @@ class Recipe:
             raise AlloyError("Model B is required.")
         if self.include.strip() and self.exclude.strip():
             raise AlloyError("Use either include or exclude, not both.")
+        check_recipe(self, MODE_LABELS[self.mode])
 
     # ---- naming ---------------------------------------------------------------------------
     def display_name(self) -> str:
         """SuperMerger-style merge name (§12.1), e.g. "A x (1-0.3) + B x 0.3"."""
         a, b, c = (_stem(self.model_a), _stem(self.model_b), _stem(self.model_c))
         al, be = _r3(self.alpha), _r3(self.beta)
+        if self.mode not in CLASSIC_MODES:
+            return self._multi_name(a, al)
         if self.mode == "weight_sum":
             s = f"{a} x (1-{al}) + {b} x {al}"
         elif self.mode == "add_difference":
@@ -211,6 +239,34 @@ class Recipe:
         if self.calc != "normal":
             s += f"_{self.calc}"
         return s
+
+    def _multi_name(self, a: str, al: str) -> str:
+        """"TIES(A; B, C) x 1 (d=0.5)", "SLERP(A, B) t=0.5"."""
+        from .multimodes import MULTI_MODES, TUNED_SLOTS
+        spec = MULTI_MODES[self.mode]
+        tuned = [_stem(getattr(self, f"model_{s}")) for s in TUNED_SLOTS if getattr(self, f"model_{s}")]
+        if self.mode == "slerp":
+            s = f"SLERP({a}, {', '.join(tuned)}) t={al}"
+        else:
+            s = f"{spec.label}({a}; {', '.join(tuned)}) x {al}"
+        extras = []
+        if "weights" in spec.uses and self.weights:
+            extras.append("w=" + ",".join(_r3(w) for w in self.weights))
+        if "density" in spec.uses:
+            extras.append(f"d={_r3(self.density)}")
+        if "outliers" in spec.uses:
+            extras.append(f"g={_r3(self.outliers)}")
+        if "seed" in spec.uses:
+            extras.append(f"seed={self.seed}")
+        if extras:
+            s += f" ({', '.join(extras)})"
+        if self.alpha_blocks:
+            s += f" ({'t' if self.mode == 'slerp' else 'alpha'}={self.alpha_blocks})"
+        return s
+
+
+_MULTI_FIELDS = {"model_d": None, "model_e": None, "model_f": None, "weights": None,
+                 "density": DENSITY_DEFAULT, "outliers": OUTLIERS_DEFAULT}
 
 
 def file_name(path: str | None) -> str | None:

@@ -146,13 +146,8 @@ class Session:
         raise AlloyError("Set up a merge in the Alloy tab first: the X/Y/Z axes change one of its values.")
 
     def _open(self, recipe: Recipe) -> dict:
-        from .methods import get_method
-        slots = {"a": recipe.model_a, "b": recipe.model_b}
-        if get_method(recipe.mode, recipe.calc).needs_c:
-            if not recipe.model_c:
-                raise AlloyError(f"The {recipe.mode.replace('_', ' ')} mode ({recipe.calc}) needs a model C.")
-            slots["c"] = recipe.model_c
-        return {s: self.cache.open(p, f"model {s.upper()}") for s, p in slots.items() if p}
+        from .plan import source_paths
+        return {s: self.cache.open(p, f"model {s.upper()}") for s, p in source_paths(recipe).items()}
 
     # ---- live merge -------------------------------------------------------------------------
     def merge_live(self, recipe: Recipe, progress=None):
@@ -209,8 +204,10 @@ class Session:
                     progress(done, total, key)
             try:
                 restore_keys(model, state, sources["a"], back)
+                derived = self.cache.derived(tuple(fids[s] for s in sorted(fids)))
                 report = execute(plan, sources, sink, device=self.settings.compute_device,
-                                 progress=on_progress, should_stop=self._should_stop, only_keys=todo)
+                                 progress=on_progress, should_stop=self._should_stop, only_keys=todo,
+                                 derived=derived if plan.method.multi is not None else None)
             except BaseException as e:
                 self._abandon(model, state, sources["a"])
                 if isinstance(e, Interrupted):

@@ -107,6 +107,7 @@ def test_nan_propagates(mode):
 
 
 ELEMENTWISE = [m for m in all_methods() if m.elementwise]
+ABC_METHODS = [m for m in all_methods() if m.multi is None]   # fn(a, b, c); multi-model: test_methods_multi
 
 
 @pytest.mark.parametrize("method", ELEMENTWISE, ids=lambda m: f"{m.mode}-{m.calc}")
@@ -129,7 +130,7 @@ def test_chunks_through_out_equal_whole_tensor(method, chunk, al, be):
     assert torch.equal(dest.reshape(a.shape), whole)
 
 
-@pytest.mark.parametrize("method", all_methods(), ids=lambda m: f"{m.mode}-{m.calc}")
+@pytest.mark.parametrize("method", ABC_METHODS, ids=lambda m: f"{m.mode}-{m.calc}")
 @pytest.mark.parametrize("shape", SHAPES)
 def test_every_method_keeps_inputs_shape_dtype_and_honours_out(method, shape):
     a, b, c = abc(shape, seed=21)
@@ -151,7 +152,7 @@ def test_every_method_keeps_inputs_shape_dtype_and_honours_out(method, shape):
     assert g64.dtype == torch.float64
 
 
-@pytest.mark.parametrize("method", all_methods(), ids=lambda m: f"{m.mode}-{m.calc}")
+@pytest.mark.parametrize("method", ABC_METHODS, ids=lambda m: f"{m.mode}-{m.calc}")
 def test_scalar_tensors(method):
     a, b, c = torch.tensor(1.5), torch.tensor(-2.0), torch.tensor(0.25)
     ctx = KeyContext(key="model.diffusion_model.s.weight")

@@ -3,22 +3,28 @@ import pytest
 
 from merger.errors import AlloyError
 from merger.methods import Method, all_methods, effective_mode, get_method, valid_calcs
-from merger.recipe import CALCS, MODES
+from merger.multimodes import MULTI_MODES
+from merger.recipe import CALCS, CLASSIC_MODES, MODES
 
 VALID = {
     "weight_sum": {"normal", "cosineA", "cosineB", "tensor", "tensor2", "self"},
     "add_difference": {"normal", "trainDifference", "smoothAdd", "extract"},
     "triple_sum": {"normal"},
     "sum_twice": {"normal"},
+    **{mode: {"normal"} for mode in MULTI_MODES},        # the multi-model modes: calc normal only
 }
 
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("calc", CALCS)
 def test_every_pair_is_either_a_method_or_a_clear_error(mode, calc):
-    if calc in VALID[mode]:
+    if calc in VALID[mode] and mode in MULTI_MODES:
         m = get_method(mode, calc)
-        assert isinstance(m, Method) and (m.mode, m.calc) == (mode, calc)
+        assert m.multi is not None and m.multi.spec.id == mode
+        assert not (m.needs_c or m.uses_beta or m.uses_gamma or m.elementwise or m.heavy or m.prepass)
+    elif calc in VALID[mode]:
+        m = get_method(mode, calc)
+        assert isinstance(m, Method) and (m.mode, m.calc) == (mode, calc) and m.multi is None
         assert m.needs_c == (mode != "weight_sum")
         assert m.uses_beta == (mode in ("triple_sum", "sum_twice") or calc in ("tensor", "tensor2", "extract"))
         assert m.uses_gamma == (calc == "extract")
@@ -49,7 +55,10 @@ def test_spellings_are_normalised():
 
 
 def test_effective_mode():
-    for mode in MODES:
+    for mode in MULTI_MODES:                                 # a multi-model mode is never replaced
+        for calc in CALCS:
+            assert effective_mode(calc, mode) == mode
+    for mode in CLASSIC_MODES:
         assert effective_mode("trainDifference", mode) == "add_difference"
         assert effective_mode("extract", mode) == "add_difference"
         assert effective_mode("self", mode) == "weight_sum"

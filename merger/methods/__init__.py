@@ -8,6 +8,7 @@ any mode and produced meaningless results, spec §17.5):
 | normal | weight_sum, add_difference, triple_sum, sum_twice |
 | cosineA, cosineB, tensor, tensor2, self | weight_sum |
 | trainDifference, smoothAdd, extract | add_difference |
+| normal only | the multi-model modes (task_arithmetic, ties, dare_linear, dare_ties, breadcrumbs, model_stock, geometric_median, slerp; see merger.methods.multi) |
 
 `effective_mode(calc, requested)` maps a recipe's mode to the one the engine runs:
 * trainDifference, extract → add_difference (SuperMerger forces this too, so its recipes load);
@@ -23,9 +24,10 @@ from ..errors import AlloyError
 from ..modes import CALCS, MODES, effective_mode, normalize_calc, normalize_mode
 from . import basic, cosine, extract, scale, smooth, tensor, train_difference
 from .base import KeyContext, Method, copy_of, emit
+from .multi import MultiParams, multi_methods
 
-__all__ = ["Method", "KeyContext", "get_method", "valid_calcs", "effective_mode", "all_methods",
-           "copy_of", "emit"]
+__all__ = ["Method", "KeyContext", "MultiParams", "get_method", "valid_calcs", "effective_mode",
+           "all_methods", "copy_of", "emit"]
 
 def _build() -> MappingProxyType:
     """The registry as data: one Method per valid (mode, calc) pair."""
@@ -62,6 +64,7 @@ def _build() -> MappingProxyType:
         Method("add_difference", "extract", extract.extract, needs_c=True, uses_beta=True, uses_gamma=True,
                elementwise=False, check=extract.check,
                summary="A + lerp(B-A, C-A, a)*lerp(d, 1-d, b), d=((cos+1)/2)^g"),
+        *multi_methods(),
     ]
     return MappingProxyType({(m.mode, m.calc): m for m in methods})
 

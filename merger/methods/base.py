@@ -44,6 +44,8 @@ class Method:
     skips_vae: keys of the VAE (``first_stage_model``) keep A (cosine modes).
     heavy: the kernel is slow and holds the GIL (SciPy filters): the engine runs keys in parallel
         worker processes ("smoothAdd MT" is this, for every smoothAdd merge).
+    multi: set for the multi-model modes (A + fine-tunes B…F), whose kernels take a list of models
+        and are run through it instead of ``fn(a, b, c, …)``.
     """
 
     mode: str
@@ -59,6 +61,7 @@ class Method:
     heavy: bool = False
     check: Callable[[float, float, float], None] | None = None
     summary: str = ""
+    multi: object | None = None    # merger.methods.multi.MultiKernel for the multi-model modes
 
     def validate(self, alpha: float, beta: float, gamma: float) -> None:
         """Raise AlloyError when a ratio is not a finite number or is out of this method's range."""
