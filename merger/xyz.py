@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .errors import AlloyError
+from .multimodes import TUNED_SLOTS, parse_weights, tuned_slots, used_weights
 from .recipe import CALCS, MODE_LABELS, Recipe
 
 PENDING_ATTR = "alloy_xyz"
@@ -37,8 +38,16 @@ AXES: tuple[AxisSpec, ...] = (
     AxisSpec("[Alloy] Merge mode", "mode", str, 0.8, "modes"),
     AxisSpec("[Alloy] Elemental", "elemental", str, 0.8),
     AxisSpec("[Alloy] Recipe file", "recipe", str, 0.9),
-    AxisSpec("[Alloy] Random seed", "seed", int, 0.8),
+    AxisSpec("[Alloy] Random seed", "seed", int, 0.8),      # also the DARE masks' seed
+    # multi-model modes (TIES, DARE, …): models D–F, density, outliers, weights
+    *(AxisSpec(f"[Alloy] Model {s.upper()}", f"model_{s}", str, 0.85, "models") for s in "def"),
+    AxisSpec("[Alloy] Density", "density", float, 0.85),
+    AxisSpec("[Alloy] Outliers", "outliers", float, 0.85),
+    AxisSpec("[Alloy] Weights", "weights", str, 0.85),
+    *(AxisSpec(f"[Alloy] Weight {s.upper()}", f"weight_{s}", float, 0.8) for s in TUNED_SLOTS),
 )
+OPTIONAL = ("model_c", "model_d", "model_e", "model_f", "alpha_blocks", "beta_blocks", "weights")
+PER_MODEL_WEIGHT = "weight_"
 
 
 def set_pending(p, field: str, value) -> None:
@@ -54,7 +63,7 @@ def pending(p) -> dict:
 
 def _field_value(field: str, value):
     """Axis text → Recipe field value ("None" clears optional fields)."""
-    if field in ("alpha", "beta"):
+    if field in ("alpha", "beta", "density", "outliers") or field.startswith(PER_MODEL_WEIGHT):
         try:
             return float(value)
         except (TypeError, ValueError):
@@ -62,9 +71,23 @@ def _field_value(field: str, value):
     if field == "seed":
         from .dice import check_seed
         return check_seed(value)
-    if field in ("model_c", "alpha_blocks", "beta_blocks") and str(value).strip().lower() in NONE_WORDS:
+    if field in OPTIONAL and str(value).strip().lower() in NONE_WORDS:
         return None
+    if field == "weights":
+        return parse_weights(str(value))
     return str(value).strip()
+
+
+def _with_model_weights(recipe: Recipe, per_model: dict) -> Recipe:
+    """`recipe` with the weight of single fine-tunes replaced ({"weight_c": 0.5, …})."""
+    slots = tuned_slots(recipe)
+    weights = list(used_weights(recipe))
+    for field, value in per_model.items():
+        slot = field[len(PER_MODEL_WEIGHT):]
+        if slot not in slots:
+            raise AlloyError(f"X/Y/Z weight of model {slot.upper()}: the recipe has no model {slot.upper()}.")
+        weights[slots.index(slot)] = value
+    return recipe.replace(weights=weights)
 
 
 def cell_recipe(base: Recipe, overrides: dict, load=Recipe.load) -> Recipe:
@@ -72,8 +95,12 @@ def cell_recipe(base: Recipe, overrides: dict, load=Recipe.load) -> Recipe:
     `load(name)` reads a recipe file (Session.load_recipe_file: only inside the models or the
     data folder); its models are found by sha256, then name, when the cell merges."""
     recipe = load(str(overrides["recipe"])) if overrides.get("recipe") else base
-    changes = {f: _field_value(f, v) for f, v in overrides.items() if f != "recipe"}
+    values = {f: _field_value(f, v) for f, v in overrides.items() if f != "recipe"}
+    changes = {f: v for f, v in values.items() if not f.startswith(PER_MODEL_WEIGHT)}
     recipe = recipe.replace(**changes) if changes else recipe
+    per_model = {f: v for f, v in values.items() if f.startswith(PER_MODEL_WEIGHT)}
+    if per_model:
+        recipe = _with_model_weights(recipe, per_model)
     recipe.validate()
     return recipe
 
@@ -150,7 +177,7 @@ def confirm_base(session) -> None:
 
 def _confirm_value(spec: AxisSpec, x, session) -> None:
     """Refuse a bad value before the grid starts (raises AlloyError)."""
-    if spec.field in ("model_b", "model_c"):
+    if spec.field.startswith("model_"):
         if str(x).strip().lower() not in NONE_WORDS:
             session.host.resolve_model(str(x))
     elif spec.field == "recipe":
