@@ -140,3 +140,30 @@ def test_xyz_axes_for_the_new_modes(tmp_path):
     assert session.live.recipe.mode == "model_stock" and session.live.recipe.weights == [1, 1, 1, 1, 0.5]
     with pytest.raises(AlloyError, match="has no model F"):
         cell_recipe(Recipe(model_a="a", model_b="b", mode="ties"), {"weight_f": "2"})
+
+
+def test_rest_api_carries_the_new_fields(tmp_path):
+    from tests.webui_standin.harness import api_world
+    w, s, c = api_world(tmp_path)
+    import tinysd
+    tinysd.write_checkpoint(w.models / "D.safetensors", 4)
+    w.sd_models.list_models()
+    orig = snapshot(w.model)
+    recipe = {"model_a": "A.safetensors", "model_b": "B.safetensors", "model_c": "C.safetensors",
+              "model_d": "D.safetensors", "mode": "ties", "weights": [1, 0.5, 2], "density": 0.4}
+    r = c.post("/alloy/v1/merge", json={"recipe": recipe})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["recipe"]["weights"] == [1, 0.5, 2] and body["recipe"]["alpha"] == 1.0
+    assert c.get("/alloy/v1/status").json()["recipe"]["model_d"].endswith("D.safetensors")
+    r = c.post("/alloy/v1/merge", json={"recipe": dict(recipe, alpha=0.5), "target": "file", "name": "t"})
+    assert r.status_code == 200 and r.json()["recipe"]["density"] == 0.4
+    merged = snapshot(w.model)
+    for bad, msg in ((dict(recipe, weights=[1, 2]), "give one weight per model"),
+                     (dict(recipe, mode="slerp"), "SLERP merges exactly two models"),
+                     (dict(recipe, density=2), "density")):
+        r = c.post("/alloy/v1/merge", json={"recipe": bad})
+        assert r.status_code == 400 and msg in r.json()["detail"]
+    assert not diff_keys(merged, snapshot(w.model))
+    assert c.post("/alloy/v1/restore").status_code == 200
+    assert not diff_keys(orig, snapshot(w.model))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 
 from ..errors import AlloyError
+from ..multimodes import DENSITY_DEFAULT, OUTLIERS_DEFAULT, format_weights, multi_mode
 from ..recipe import MODE_LABELS, MODES, Recipe, normalize_mode
 
 ADJUST_NAMES = ("IN", "OUT", "OUT2", "CONT", "BRI", "COL1", "COL2", "COL3")
@@ -20,10 +21,11 @@ DICE_DEFAULTS = {"upper": "1", "lower": "0", "max": "1", "min": "0", "round": 3}
 
 #: every field that a Recipe fills, with the value a fresh tab shows
 RECIPE_DEFAULTS = {
-    "model_a": None, "model_b": None, "model_c": None,
+    "model_a": None, "model_b": None, "model_c": None, "model_d": None, "model_e": None, "model_f": None,
     "mode": MODE_LABELS["weight_sum"], "calc": "normal",
     "alpha": 0.5, "beta": 0.25, "gamma": 0.3,
     "alpha_blocks": "", "beta_blocks": "",
+    "weights": "", "density": DENSITY_DEFAULT, "outliers": OUTLIERS_DEFAULT,
     "elemental": "", "include": "", "exclude": "",
     **{name: 0.0 for name in ADJUST_FIELDS},
     "dtype": "fp16", "compute_dtype": "fp32", "prune": False, "bake_vae": "",
@@ -31,6 +33,16 @@ RECIPE_DEFAULTS = {
     **{f"dice_{k}": v for k, v in DICE_DEFAULTS.items()},
 }
 RECIPE_FIELDS = tuple(RECIPE_DEFAULTS)
+MODEL_FIELDS = tuple(f"model_{s}" for s in "abcdef")
+
+
+def model_slots(mode: str, needs_c: bool) -> tuple:
+    """The model pickers a mode shows: A, B (and C when it needs one); SLERP A, B; the other
+    multi-model modes A to F. Hidden pickers do not reach the recipe (multi-model modes)."""
+    spec = multi_mode(mode)
+    if spec is None:
+        return ("a", "b", "c") if needs_c else ("a", "b")
+    return ("a", "b", "c", "d", "e", "f")[: spec.max_tuned + 1]
 
 
 def mode_label(mode: str) -> str:
@@ -83,9 +95,18 @@ def recipe_from_fields(f: dict) -> Recipe:
         seed = int(float(f.get("seed") or 0))
     except (TypeError, ValueError):
         raise AlloyError(f"seed must be an integer, not '{f.get('seed')}'.") from None
+    mode = normalize_mode(f.get("mode") or "weight_sum")
+    spec = multi_mode(mode)
+    multi = {"model_c": f.get("model_c") or None}
+    if spec is not None:       # the multi-model fields and the models C–F its mode shows
+        shown = model_slots(mode, False)
+        multi = {f"model_{s}": (f.get(f"model_{s}") or None) if s in shown else None for s in "cdef"}
+        multi.update(density=f.get("density", DENSITY_DEFAULT), outliers=f.get("outliers", OUTLIERS_DEFAULT))
+        if "weights" in spec.uses:
+            multi["weights"] = _text(f.get("weights")).strip() or None
     recipe = Recipe(
-        model_a=f["model_a"], model_b=f.get("model_b") or None, model_c=f.get("model_c") or None,
-        mode=f.get("mode") or "weight_sum", calc=f.get("calc") or "normal",
+        model_a=f["model_a"], model_b=f.get("model_b") or None,
+        mode=mode, calc=f.get("calc") or "normal",
         alpha=f.get("alpha", 0.5), beta=f.get("beta", 0.25), gamma=f.get("gamma", 0.3),
         alpha_blocks=_text(f.get("alpha_blocks")).strip() or None,
         beta_blocks=_text(f.get("beta_blocks")).strip() or None,
@@ -94,7 +115,7 @@ def recipe_from_fields(f: dict) -> Recipe:
         adjust=adjust_text([f.get(name, 0.0) for name in ADJUST_FIELDS]),
         dtype=f.get("dtype") or "fp16", compute_dtype=f.get("compute_dtype") or "fp32",
         prune=bool(f.get("prune")), bake_vae=_text(f.get("bake_vae")).strip() or None,
-        fix_clip_ids=bool(f.get("fix_clip_ids")), seed=seed, dice=dice_from_fields(f),
+        fix_clip_ids=bool(f.get("fix_clip_ids")), seed=seed, dice=dice_from_fields(f), **multi,
     )
     recipe.validate()
     return recipe
@@ -104,12 +125,12 @@ def fields_from_recipe(recipe: Recipe, model_names=()) -> dict:
     """The control values showing `recipe`; model paths are mapped to the host's names if listed."""
     adj = adjust_values(recipe.adjust)
     return {
-        "model_a": match_model_name(recipe.model_a, model_names),
-        "model_b": match_model_name(recipe.model_b, model_names),
-        "model_c": match_model_name(recipe.model_c, model_names),
+        **{name: match_model_name(getattr(recipe, name), model_names) for name in MODEL_FIELDS},
         "mode": mode_label(recipe.mode), "calc": recipe.calc,
         "alpha": float(recipe.alpha), "beta": float(recipe.beta), "gamma": float(recipe.gamma),
         "alpha_blocks": recipe.alpha_blocks or "", "beta_blocks": recipe.beta_blocks or "",
+        "weights": format_weights(recipe.weights), "density": float(recipe.density),
+        "outliers": float(recipe.outliers),
         "elemental": recipe.elemental, "include": recipe.include, "exclude": recipe.exclude,
         **dict(zip(ADJUST_FIELDS, adj)),
         "dtype": recipe.dtype, "compute_dtype": recipe.compute_dtype, "prune": bool(recipe.prune),

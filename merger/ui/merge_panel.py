@@ -7,37 +7,16 @@ import os
 import gradio as gr
 
 from ..errors import AlloyError
-from ..recipe import normalize_mode
 from . import fields as fl
 from . import recipe_sources as rs
 from .context import TabContext
+from .method_view import VIEW_OUTPUTS, method_view  # noqa: F401 (method_view re-exported)
 from .wiring import Ui
 
-VIEW_OUTPUTS = ("calc", "model_c", "beta", "gamma", "beta_blocks", "method_info")
-PICKERS = ("model_a", "model_b", "model_c", "meta_model", "inspect_model", "cmp_a", "cmp_b")
+PICKERS = fl.MODEL_FIELDS + ("meta_model", "inspect_model", "cmp_a", "cmp_b")
 
 
 # ---- handlers (name-keyed, tested directly) ---------------------------------------------------
-def method_view(mode: str, calc: str | None) -> dict:
-    """Which controls the (mode, calc) pair uses: calc choices, model C, beta, gamma.
-
-    calc keeps its value when still valid for the mode, else becomes the mode's first calc."""
-    from ..methods import get_method, valid_calcs
-    mode_id = normalize_mode(mode or "weight_sum")
-    calcs = list(valid_calcs(mode_id))
-    if calc not in calcs:
-        calc = calcs[0]
-    m = get_method(mode_id, calc)
-    return {
-        "calc": gr.update(choices=calcs, value=calc),
-        "model_c": gr.update(visible=bool(m.needs_c)),
-        "beta": gr.update(visible=bool(m.uses_beta)),
-        "gamma": gr.update(visible=bool(m.uses_gamma)),
-        "beta_blocks": gr.update(visible=bool(m.uses_beta)),
-        "method_info": f"`{getattr(m, 'summary', '') or fl.mode_label(mode_id) + ' · ' + calc}`",
-    }
-
-
 def on_mode(ctx: TabContext, f: dict) -> dict:
     return method_view(f.get("mode"), f.get("calc"))
 
@@ -144,11 +123,18 @@ def build_models(ui: Ui, ctx: TabContext) -> None:
     first = dict(zip("ab", names)) if not ctx.live and len(names) >= 2 else {}
     with gr.Row(elem_id="alloy_models_row"):
         for slot in ("a", "b", "c"):
-            ui.add(f"model_{slot}", gr.Dropdown(names, value=first.get(slot), label=f"Model {slot.upper()}",
-                                               elem_id=f"alloy_model_{slot}", allow_custom_value=True,
-                                               visible=slot != "c", scale=4))
+            _model_picker(ui, names, slot, first.get(slot))
         ui.add("refresh", gr.Button("↻", elem_id="alloy_refresh", elem_classes=["alloy-tool"],
                                     scale=0, min_width=40))
+    with gr.Row(elem_id="alloy_models_more"):          # the multi-model modes' fine-tunes D–F
+        for slot in ("d", "e", "f"):
+            _model_picker(ui, names, slot, None)
+
+
+def _model_picker(ui: Ui, names: list, slot: str, value) -> None:
+    label = f"Model {slot.upper()}" if slot in "ab" else f"Model {slot.upper()} (optional)"
+    ui.add(f"model_{slot}", gr.Dropdown(names, value=value, label=label, elem_id=f"alloy_model_{slot}",
+                                       allow_custom_value=True, visible=slot in "ab", scale=4))
 
 
 def build_method(ui: Ui, ctx: TabContext) -> None:
@@ -164,6 +150,14 @@ def build_method(ui: Ui, ctx: TabContext) -> None:
                                  visible=False))
         ui.add("gamma", gr.Slider(-1.0, 2.0, value=0.3, step=0.01, label="gamma", elem_id="alloy_gamma",
                                   visible=False))
+    with gr.Row(elem_id="alloy_multi_params"):         # shown by the modes that use them
+        ui.add("weights", gr.Textbox(label="Weights of B, C, … (comma list; empty = all 1)", placeholder="1,1",
+                                     elem_id="alloy_weights", visible=False, scale=2))
+        ui.add("density", gr.Slider(0.01, 1.0, value=fl.RECIPE_DEFAULTS["density"], step=0.01,
+                                    label="density d (kept fraction)", elem_id="alloy_density", visible=False))
+        ui.add("outliers", gr.Slider(0.0, 0.5, value=fl.RECIPE_DEFAULTS["outliers"], step=0.005,
+                                     label="outliers γ (dropped top fraction)", elem_id="alloy_outliers",
+                                     visible=False))
 
 
 def build_rules(ui: Ui) -> None:

@@ -12,23 +12,24 @@ from . import fields as fl
 from . import recipe_sources as rs
 from .blocks_editor import show_sliders
 from .context import TabContext
-from .merge_panel import VIEW_OUTPUTS, method_view
+from .method_view import VIEW_OUTPUTS, method_view
 from .wiring import Ui
 
 APPLY_INPUTS = ("arch", "blocks_target")
-APPLY_OUTPUTS = ("recipe_json",) + fl.RECIPE_FIELDS + VIEW_OUTPUTS + bl.SLIDER_NAMES
+APPLY_OUTPUTS = ("recipe_json",) + fl.RECIPE_FIELDS + tuple(n for n in VIEW_OUTPUTS if n not in fl.RECIPE_FIELDS) \
+    + bl.SLIDER_NAMES
 
 
 # ---- handlers (name-keyed, tested directly) ---------------------------------------------------
 def host_names(ctx: TabContext, recipe: Recipe) -> tuple[Recipe, list[str]]:
-    """`recipe` with models A, B, C as the host lists them, each found by sha256 first, then by
+    """`recipe` with models A to F as the host lists them, each found by sha256 first, then by
     name (merger.locate); a sentence for each model that is not there (its name is kept)."""
     from ..locate import Finder
     from ..recipe import MODEL_SLOTS
     host = ctx.host
     finder = Finder(host.model_candidates(), direct=host.resolve_model, where=host.describe())
     changes, notes = {}, []
-    for slot in ("a", "b", "c"):
+    for slot in "abcdef":
         value = getattr(recipe, MODEL_SLOTS[slot])
         if not value:
             continue
