@@ -103,3 +103,12 @@ def test_bad_combinations_are_one_sentence(kw, msg):
 def test_weights_not_used_by_the_mode_are_not_counted():
     Recipe("a", "b", "c", mode="model_stock", weights=[1]).validate()      # model stock takes no weights
     Recipe("a", "b", mode="slerp", weights=[1, 2, 3]).validate()
+
+
+def test_png_infotext_carries_a_multi_recipe():
+    from merger.ui.recipe_sources import recipe_from_png_info
+    r = Recipe("A.safetensors", "B.safetensors", "C.safetensors", model_d="D.safetensors", mode="dare_linear",
+               weights=[1, 2, 0.5], density=0.2, seed=77, alpha=0.9)
+    params = ("a photo\nSteps: 20, Seed: 1, Alloy merge: x, Alloy hash: " + r.short_hash()
+              + ", Alloy recipe: " + json.dumps(r.to_dict(), separators=(",", ":")))
+    assert recipe_from_png_info({"parameters": params}) == r
