@@ -158,9 +158,13 @@ def test_breadcrumbs_drops_the_largest_entries():
     assert got[90:].eq(0).all() and got[40:90].equal(tau[40:90]) and got[:40].eq(0).all()
 
 
-def test_nan_input_gives_nan_where_kept():
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_non_finite_input_is_never_trimmed_away(bad):
+    """A corrupt fine-tune must make the merge fail (the engine refuses non-finite results), not
+    vanish in a trim, an outlier cut or a sign election (torch.sign(NaN) is 0)."""
     base, tuned = models((5, 5), 2, seed=1)
     tuned[0] = tuned[0].clone()
-    tuned[0][0, 0] = float("nan")
-    for mode in ("task_arithmetic", "model_stock", "geometric_median"):
-        assert torch.isnan(run(mode, base, tuned)).any(), mode
+    tuned[0][3, 4] = bad
+    for mode in ("task_arithmetic", "ties", "breadcrumbs", "model_stock", "geometric_median"):
+        got = run(mode, base, tuned, density=0.04, outliers=0.2)
+        assert not torch.isfinite(got).all(), mode

@@ -7,7 +7,13 @@ their flat (row-major) index, lower first. "The k entries of largest |τ|" is th
 same on every device and in every run. Computed without a sort: v = the k-th largest magnitude
 (``kthvalue``); every entry with |τ| > v is taken, then entries with |τ| = v in index order until
 there are k. When v = 0 every zero is taken instead: those entries are zero, so which of them are
-"kept" changes no value of the result, and the index pass over a large tie set is skipped.
+"kept" changes no value of the result, and the index pass over a large tie set is skipped. A NaN
+magnitude ranks above every number, and non-finite entries (NaN, ±inf) are always kept, even as
+breadcrumbs' outliers: a corrupt input reaches the result and the engine refuses it instead of the
+trim hiding it.
+
+The functions ending in ``_`` work in place on a tensor the caller owns (a fresh task vector), so
+a trim holds one copy less; the others leave their input alone.
 
 DARE masks: mᵢ = (u < d) with u ~ U[0, 1) in float32 from torch's CPU generator (mt19937), seeded
 with the first 8 bytes (little-endian, top bit cleared) of sha256("alloy-dare:{seed}:{index}:{key}"),
@@ -46,21 +52,35 @@ def top_mask(mag: torch.Tensor, k: int) -> torch.Tensor:
     return mask.reshape(mag.shape)
 
 
+def _magnitude(tau: torch.Tensor) -> torch.Tensor:
+    """|τ| with NaN as +inf (ranked first)."""
+    return tau.abs().nan_to_num_(nan=math.inf, posinf=math.inf)
+
+
+def trim_(tau: torch.Tensor, density: float) -> torch.Tensor:
+    """TIES trim in place: τ keeps its ⌈d·n⌉ entries of largest |τ|, 0 elsewhere; returns τ."""
+    keep = top_mask(_magnitude(tau), kept_count(density, tau.numel()))
+    keep |= ~torch.isfinite(tau)
+    return tau.masked_fill_(~keep, 0)
+
+
 def trim(tau: torch.Tensor, density: float) -> torch.Tensor:
-    """TIES trim: τ at its ⌈d·n⌉ entries of largest |τ|, 0 elsewhere (a new tensor)."""
-    keep = top_mask(tau.abs(), kept_count(density, tau.numel()))
-    return torch.where(keep, tau, torch.zeros((), dtype=tau.dtype, device=tau.device))
+    """`trim_` on a copy (τ itself is left alone)."""
+    return trim_(tau.clone(), density)
 
 
-def breadcrumb(tau: torch.Tensor, density: float, outliers: float) -> torch.Tensor:
-    """Breadcrumbs: zero the ⌈γ·n⌉ entries of largest |τ|, keep the next ⌈d·n⌉, zero the rest."""
+def breadcrumb_(tau: torch.Tensor, density: float, outliers: float) -> torch.Tensor:
+    """Breadcrumbs in place: zero the ⌈γ·n⌉ entries of largest |τ|, keep the next ⌈d·n⌉, zero the
+    rest; returns τ."""
     n = tau.numel()
-    mag = tau.abs()
+    mag = _magnitude(tau)
     top = kept_count(outliers, n)
     keep = top_mask(mag, min(n, top + kept_count(density, n)))
     if top:
         keep &= ~top_mask(mag, top)
-    return torch.where(keep, tau, torch.zeros((), dtype=tau.dtype, device=tau.device))
+    del mag
+    keep |= ~torch.isfinite(tau)
+    return tau.masked_fill_(~keep, 0)
 
 
 def dare_seed(seed: int, index: int, key: str) -> int:
@@ -77,7 +97,7 @@ def dare_mask(shape, density: float, seed: int, index: int, key: str, device=Non
     return mask if device is None else mask.to(device)
 
 
-def dare(tau: torch.Tensor, density: float, seed: int, index: int, key: str) -> torch.Tensor:
-    """DARE drop and rescale: τ̃ = m·τ/d (a new tensor)."""
+def dare_(tau: torch.Tensor, density: float, seed: int, index: int, key: str) -> torch.Tensor:
+    """DARE drop and rescale in place: τ̃ = m·τ/d; returns τ."""
     mask = dare_mask(tau.shape, density, seed, index, key, tau.device)
-    return torch.where(mask, tau / float(density), torch.zeros((), dtype=tau.dtype, device=tau.device))
+    return tau.div_(float(density)).masked_fill_(~mask, 0)

@@ -15,14 +15,15 @@ fine-tune. Every function returns a new tensor τ of base's shape and dtype; the
 * breadcrumbs (Davari & Belilovsky 2023): τ̂ᵢ drops the ⌈γ·n⌉ largest |τᵢ| and keeps the next ⌈d·n⌉;
   τ = Σ wᵢτ̂ᵢ.
 
-NaN in an input gives NaN in τ where it is kept (the engine refuses NaN results); an entry dropped by
-a trim or mask does not reach the result.
+NaN in an input gives NaN in the result where it is kept (the engine refuses NaN results): trims
+rank NaN first, and the elected sign of a NaN position is NaN. Only a DARE mask can drop an entry
+before it is looked at.
 """
 from __future__ import annotations
 
 import torch
 
-from .sparsify import breadcrumb, dare, trim
+from .sparsify import breadcrumb_, dare_, trim_
 
 
 def task_vector(theta: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
@@ -41,23 +42,22 @@ def weighted_sum(taus, weights) -> torch.Tensor:
     return acc
 
 
-def elect(taus, weights) -> torch.Tensor:
-    """γ = sign(Σ wᵢτᵢ) (−1, 0 or +1, in τ's dtype)."""
-    return torch.sign(weighted_sum(taus, weights))
-
-
 def disjoint_mean(taus, weights) -> torch.Tensor:
-    """Elect γ, then τ = Σ wᵢmᵢτᵢ / Σ wᵢmᵢ with mᵢ = [τᵢ ≠ 0 and sign τᵢ = γ]; 0 where Σ wᵢmᵢ = 0."""
-    gamma = elect(taus, weights)
+    """Elect γ = sign(Σ wᵢτᵢ), then τ = Σ wᵢmᵢτᵢ / Σ wᵢmᵢ with mᵢ = [τᵢ ≠ 0 and sign τᵢ = γ];
+    0 where Σ wᵢmᵢ = 0; NaN where Σ wᵢτᵢ is not finite."""
+    gamma = weighted_sum(taus, weights)
+    bad = ~torch.isfinite(gamma)
+    gamma.sign_()
     num = torch.zeros_like(gamma)
     den = torch.zeros_like(gamma)
-    zero = torch.zeros((), dtype=gamma.dtype, device=gamma.device)
     for tau, w in zip(taus, weights):
-        agree = (torch.sign(tau) * gamma) > 0
-        num.add_(torch.where(agree, tau, zero), alpha=float(w))
-        den.add_(agree.to(gamma.dtype), alpha=float(w))
-    nonzero = den != 0
-    return torch.where(nonzero, num / torch.where(nonzero, den, torch.ones_like(den)), zero)
+        agree = torch.sign(tau).mul_(gamma).gt_(0)          # mᵢ as 1.0 / 0.0
+        num.addcmul_(tau, agree, value=float(w))
+        den.add_(agree, alpha=float(w))
+    del gamma, agree
+    none = den == 0
+    num.div_(den.masked_fill_(none, 1.0)).masked_fill_(none, 0.0)
+    return num.masked_fill_(bad, float("nan"))
 
 
 def task_arithmetic(base, tuned, weights) -> torch.Tensor:
@@ -67,24 +67,24 @@ def task_arithmetic(base, tuned, weights) -> torch.Tensor:
 
 def ties(base, tuned, weights, density: float) -> torch.Tensor:
     """TIES: trim each τᵢ to density d, elect signs, disjoint weighted mean."""
-    return disjoint_mean([trim(task_vector(t, base), density) for t in tuned], weights)
+    return disjoint_mean([trim_(task_vector(t, base), density) for t in tuned], weights)
 
 
 def dare_linear(base, tuned, weights, density: float, seed: int, key: str) -> torch.Tensor:
     """DARE: τ = Σ wᵢ·mᵢτᵢ/d."""
-    return weighted_sum((dare(task_vector(t, base), density, seed, i, key) for i, t in enumerate(tuned, 1)),
+    return weighted_sum((dare_(task_vector(t, base), density, seed, i, key) for i, t in enumerate(tuned, 1)),
                         weights)
 
 
 def dare_ties(base, tuned, weights, density: float, seed: int, key: str) -> torch.Tensor:
     """DARE-TIES: τ̃ᵢ = mᵢτᵢ/d, then elect signs and disjoint weighted mean (no trim)."""
-    return disjoint_mean([dare(task_vector(t, base), density, seed, i, key) for i, t in enumerate(tuned, 1)],
+    return disjoint_mean([dare_(task_vector(t, base), density, seed, i, key) for i, t in enumerate(tuned, 1)],
                          weights)
 
 
 def breadcrumbs(base, tuned, weights, density: float, outliers: float) -> torch.Tensor:
     """Model Breadcrumbs: τ = Σ wᵢ·breadcrumb(τᵢ, d, γ)."""
-    return weighted_sum((breadcrumb(task_vector(t, base), density, outliers) for t in tuned), weights)
+    return weighted_sum((breadcrumb_(task_vector(t, base), density, outliers) for t in tuned), weights)
 
 
 def apply_delta(base: torch.Tensor, tau: torch.Tensor, lam: float, out=None) -> torch.Tensor:
