@@ -153,13 +153,23 @@ def check_seed(seed) -> int:
     return s
 
 
+def uses_seed(recipe) -> bool:
+    """Whether the merge mode itself draws from the seed (DARE's masks)."""
+    from .multimodes import multi_mode
+    spec = multi_mode(recipe.mode)
+    return spec is not None and "seed" in spec.uses
+
+
 def wanted(recipe) -> bool:
     return has_tokens(recipe.alpha_blocks) or has_tokens(recipe.beta_blocks)
 
 
 def roll(recipe, arch):
-    """The recipe with its random tokens drawn (unchanged when it has none); see the module doc."""
+    """The recipe with its random tokens drawn (unchanged when it has none); see the module doc.
+    A seed of −1 for a mode whose result depends on the seed (DARE's masks) becomes a new one too."""
     if not wanted(recipe):
+        if uses_seed(recipe) and int(recipe.seed) == -1:
+            return recipe.replace(seed=new_seed())
         return recipe
     seed = check_seed(recipe.seed)
     seed = new_seed() if seed == -1 else seed
@@ -181,7 +191,7 @@ def roll(recipe, arch):
 def roll_for_sources(recipe, sources: dict):
     """`roll` with the architecture detected from model A's header (only when there are tokens)."""
     if not wanted(recipe):
-        return recipe
+        return roll(recipe, None)
     from .arch import detect
     from .plan import source_label
     src = sources["a"]

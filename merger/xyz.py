@@ -150,9 +150,10 @@ def seed_label(session, seed: int) -> str:
     from .arch import detect
     from .dice import roll, wanted
     from .io import open_source
+    from .dice import uses_seed
     base = session.xyz_base()
     if not wanted(base):
-        return f"seed {seed} (no random tokens)"
+        return f"seed {seed}" if uses_seed(base) else f"seed {seed} (no random tokens)"
     with open_source(session.host.resolve_model(base.model_a), label="model A") as src:
         arch = detect(src.keys(), label="model A")
     r = roll(base.replace(seed=int(seed)), arch)

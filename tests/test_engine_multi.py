@@ -193,3 +193,17 @@ def test_adjust_applies_to_the_merged_tensor(six, tmp_path):
     assert changed and set(changed) <= set(arch.adjust_keys.values())
     for key in changed:
         assert torch.equal(J[key], apply_adjust(key, P[key], parse_adjust(values), arch))
+
+
+def test_seed_minus_one_draws_a_new_recorded_seed_for_dare(six, tmp_path):
+    out = tmp_path / "o.safetensors"
+    rep = merge_to_file(_recipe(six, "dare_linear", 2, seed=-1), str(out), device="cpu")
+    seed = rep.recipe.seed
+    assert seed >= 0
+    again = tmp_path / "again.safetensors"
+    merge_to_file(_recipe(six, "dare_linear", 2, seed=seed), str(again), device="cpu")
+    assert torch.equal(load_file(str(out))[KEY], load_file(str(again))[KEY])
+    ties = merge_to_file(_recipe(six, "ties", 2, seed=-1), str(tmp_path / "t.safetensors"), device="cpu")
+    assert ties.recipe.seed == -1                                   # TIES does not use the seed
+    big = merge_to_file(_recipe(six, "dare_linear", 2, seed=1 << 40), str(tmp_path / "b.safetensors"), device="cpu")
+    assert big.recipe.seed == 1 << 40
