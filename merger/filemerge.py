@@ -4,8 +4,9 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 
+from .contracts import Report
 from .dice import roll_for_sources
-from .engine import Report, execute
+from .engine import execute
 from .errors import AlloyError
 from .io import HashCache, legacy_hash, sha256_file
 from .io.writer import check_target

@@ -41,9 +41,13 @@ class Method:
         ``fn`` on aligned flat chunks with ``ctx.out`` set to a chunk of the destination.
     prepass / finalize: cosine statistics. ``prepass(a, b)`` returns a 1-D tensor of values for one
         key; ``finalize([values, ...])`` turns all keys' values into the ``ctx.stats`` object.
+        ``keystats(a, b)`` (optional) returns (values, per-key data) for the engine's statistics
+        pass; ``finalize(values, per_key)`` then keeps the per-key data for the kernel.
     skips_vae: keys of the VAE (``first_stage_model``) keep A (cosine modes).
-    heavy: the kernel is slow and holds the GIL (SciPy filters): the engine runs keys in parallel
-        worker processes ("smoothAdd MT" is this, for every smoothAdd merge).
+    rowwise: the result is elementwise across rows of a 2-D view, so the engine may call ``fn`` on
+        chunks of whole rows: "dim0" = (dim 0, rest) (per-column data shared by all rows),
+        "last" = (rest, last dim) (every row on its own). None: whole tensors only.
+    uses_key: the kernel's result depends on ``ctx.key`` (the engine never batches its keys).
     multi: set for the multi-model modes (A + fine-tunes B…F), whose kernels take a list of models
         and are run through it instead of ``fn(a, b, c, …)``.
     """
@@ -58,7 +62,9 @@ class Method:
     prepass: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     finalize: Callable[[list], object] | None = None
     skips_vae: bool = False
-    heavy: bool = False
+    keystats: Callable[[torch.Tensor, torch.Tensor], tuple] | None = None
+    rowwise: str | None = None
+    uses_key: bool = False
     check: Callable[[float, float, float], None] | None = None
     summary: str = ""
     multi: object | None = None    # merger.methods.multi.MultiKernel for the multi-model modes

@@ -26,6 +26,7 @@ from .sortnet import level_types, median_programs
 # fixed cost is small against its work, small enough that the working set stays in cache (CPU).
 CHUNK = {"cpu": 1 << 16, "cuda": 1 << 24}
 _BIG = 4   # axes at least this long are split into chunks (with a one-row halo)
+_RUN = 16  # most positions of trailing short axes filtered by one Kronecker matrix
 
 
 # ---- median ------------------------------------------------------------------------------------
@@ -139,7 +140,7 @@ def median3(x: torch.Tensor) -> torch.Tensor:
     """3-wide median along every axis (SciPy ``median_filter(size=3, mode="reflect")``), a new tensor."""
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
     axes = [a for a in range(x.dim()) if x.shape[a] > 1]
-    if not axes:
+    if not axes or x.numel() == 0:
         return out.copy_(x)
     order = sorted(axes, key=lambda a: (-x.shape[a], a))          # level order: biggest axis first
     perm = order[::-1] + [a for a in range(x.dim()) if a not in axes]
@@ -186,24 +187,40 @@ def _folded(n: int, weights: tuple) -> torch.Tensor:
     return torch.tensor(m, dtype=torch.float64)
 
 
+@lru_cache(maxsize=64)
+def _matrix(sizes: tuple, weights: tuple, dtype, device: str) -> torch.Tensor:
+    """The transposed Kronecker product of the axes' matrices: a positive size n is a filtered axis
+    (its folded matrix), a negative size −n an axis of n positions left alone (identity)."""
+    k = torch.ones(1, 1, dtype=torch.float64)
+    for n in sizes:
+        k = torch.kron(k, _folded(n, weights) if n > 0 else torch.eye(-n, dtype=torch.float64))
+    return k.T.contiguous().to(device=device, dtype=dtype)
+
+
 def _small_axes(y: torch.Tensor, axes: list, weights: tuple) -> torch.Tensor:
-    """Short axes (≤ 2·radius + 1): multiply by the folded matrices; a trailing run of them is
-    one matrix product over their flattened positions."""
-    d = y.dim()
+    """Short axes (≤ 2·radius + 1): multiply by their folded matrices. A trailing run of them with
+    at most `_RUN` positions in all (a conv kernel's 3×3) is one product with the Kronecker matrix;
+    any other short axis is a batched product along that axis (no copies to move it)."""
+    d, dev = y.dim(), str(y.device)
     tail = d
     while tail > 0 and (tail - 1 in axes or y.shape[tail - 1] == 1):
         tail -= 1
     run = [a for a in range(tail, d) if a in axes]
-    if run:
-        k = torch.ones(1, 1, dtype=torch.float64)
-        for a in range(tail, d):
-            k = torch.kron(k, _folded(y.shape[a], weights) if a in run else torch.eye(y.shape[a], dtype=torch.float64))
-        flat = y.reshape(-1, k.shape[0])
-        y = (flat @ k.T.to(device=y.device, dtype=y.dtype)).reshape(y.shape)
+    if not run or math.prod(y.shape[tail:]) > _RUN:
+        run = []
+    else:
+        k = _matrix(tuple(y.shape[a] if a in run else -y.shape[a] for a in range(tail, d)), weights, y.dtype, dev)
+        y = (y.reshape(-1, k.shape[0]) @ k).reshape(y.shape)
     for a in axes:
-        if a not in run:
-            k = _folded(y.shape[a], weights).to(device=y.device, dtype=y.dtype)
-            y = torch.movedim(torch.movedim(y, a, -1) @ k.T, -1, a).contiguous()
+        if a in run:
+            continue
+        k = _matrix((y.shape[a],), weights, y.dtype, dev)          # transposed: y_last @ k
+        pre, n = math.prod(y.shape[:a]), y.shape[a]
+        post = y.numel() // (pre * n)
+        if post == 1:
+            y = (y.reshape(pre, n) @ k).reshape(y.shape)
+        else:
+            y = torch.matmul(k.T, y.reshape(pre, n, post)).reshape(y.shape)
     return y
 
 

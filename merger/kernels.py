@@ -1,0 +1,172 @@
+"""How the executor applies a merge method to tensors: chunked through reused buffers, with the
+NaN/inf/overflow check of every result batched into one host transfer per flush.
+
+* `merge_span`: elementwise methods over one flat span, which may hold several consecutive keys
+  with the same ratios (their inputs and destinations adjacent in memory), in chunks of `CHUNK`.
+* `merge_rows`: methods that are elementwise across rows (cosine: dim-0 slices share per-column
+  weights; extract: rows along the last dim are independent), in row chunks of about `CHUNK`.
+* `merge_whole`: any method on whole tensors (the rest, §10.5 channel slices, Adjust).
+
+Inputs in the compute dtype on the compute device are read in place and a destination of that
+dtype and device is written directly; otherwise chunks go through reused compute-dtype buffers."""
+from __future__ import annotations
+
+import bisect
+import math
+
+import torch
+
+from .adjust import apply_adjust
+from .errors import AlloyError
+from .methods import KeyContext
+
+CHUNK = 1 << 20
+_CHECKABLE = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if isinstance(device, torch.device):
+        return device
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise AlloyError("CUDA was requested but no CUDA device is available; use --device cpu.")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise AlloyError(f"Unknown device '{device}'; use cpu, cuda or auto.") from None
+
+
+class Scratch:
+    """Reused compute-dtype chunk buffers (one per input slot, one for the result)."""
+
+    def __init__(self, dtype, device, n=CHUNK):
+        self.dtype, self.device, self.n = dtype, torch.device(device), n
+        self.t = {}
+
+    def get(self, name: str, n: int) -> torch.Tensor:
+        buf = self.t.get(name)
+        if buf is None or buf.numel() < n:
+            buf = self.t[name] = torch.empty(max(n, self.n), dtype=self.dtype, device=self.device)
+        return buf[:n]
+
+
+def _limit(out_dtype) -> float:
+    return torch.finfo(out_dtype).max if out_dtype in _CHECKABLE else math.inf
+
+
+def _refuse(key: str, finite: bool):
+    what = "values too large for the output precision" if finite else "NaN or infinite values"
+    raise AlloyError(f"The merged tensor {key} contains {what} (check the inputs and the weights); "
+                     f"nothing was written.")
+
+
+class FiniteCheck:
+    """Refuses NaN/inf in results and values the output dtype cannot hold (fp16 overflow).
+
+    `add` records a result's extremes on its device (no host sync); `flush` moves everything
+    recorded to the host in one transfer per kind and raises AlloyError naming the first bad key
+    in the order added. A span of several keys records max |x| (NaN counted as inf) and where it
+    is, so the key can still be named."""
+
+    def __init__(self):
+        self.single: list = []    # (seq, key, out_dtype, tensor[2] = (min, max))
+        self.spans: list = []     # (seq, keys, starts, out_dtype, max |x|, argmax)
+        self.seq = 0
+
+    def __len__(self) -> int:
+        return len(self.single) + len(self.spans)
+
+    def add(self, keys, starts, t: torch.Tensor, out_dtype) -> None:
+        if t.dtype not in _CHECKABLE or t.numel() == 0:
+            return
+        self.seq += 1
+        if len(keys) == 1:
+            self.single.append((self.seq, keys[0], out_dtype, torch.stack(torch.aminmax(t))))
+            return
+        mag = torch.nan_to_num(t.abs(), nan=math.inf)
+        self.spans.append((self.seq, keys, starts, out_dtype, mag.max(), mag.argmax()))
+
+    def flush(self) -> None:
+        bad = []
+        if self.single:
+            for (seq, key, dtype, _), (lo, hi) in zip(self.single, torch.stack([s[3] for s in self.single]).tolist()):
+                limit = _limit(dtype)
+                if not (-limit <= lo and hi <= limit):
+                    bad.append((seq, key, math.isfinite(lo) and math.isfinite(hi)))
+        if self.spans:
+            mags = torch.stack([s[4] for s in self.spans]).tolist()
+            where = torch.stack([s[5] for s in self.spans]).tolist()
+            for (seq, keys, starts, dtype, _, _), mag, i in zip(self.spans, mags, where):
+                if not mag <= _limit(dtype):
+                    bad.append((seq, keys[bisect.bisect_right(starts, i) - 1], math.isfinite(mag)))
+        self.single, self.spans = [], []
+        if bad:
+            _, key, finite = min(bad)
+            _refuse(key, finite)
+
+
+def _chunked(fn, srcs: dict, dst: torch.Tensor, *, alpha, beta, gamma, ctx, scratch, check, keys, starts,
+             out_dtype, rows: int = 0) -> None:
+    """Apply fn over aligned chunks of the flat (rows == 0) or 2-D (rows-per-chunk) inputs."""
+    cd, dev = scratch.dtype, scratch.device
+    direct = {s: v.dtype == cd and v.device == dev for s, v in srcs.items()}
+    direct_out = dst.dtype == cd and dst.device == dev
+    n = dst.shape[0]
+    step = rows or CHUNK
+    for s in range(0, n, step):
+        e = min(n, s + step)
+        buf = {}
+        for slot, v in srcs.items():
+            part = v[s:e]
+            buf[slot] = part if direct[slot] else scratch.get(slot, part.numel()).view(part.shape).copy_(part)
+        out = dst[s:e] if direct_out else scratch.get("out", dst[s:e].numel()).view(dst[s:e].shape)
+        ctx.out = out
+        res = fn(buf["a"], buf["b"], buf.get("c"), alpha=alpha, beta=beta, gamma=gamma, ctx=ctx)
+        check.add(keys, [x - s for x in starts] if len(keys) > 1 else starts, res, out_dtype)
+        if not direct_out or res.data_ptr() != out.data_ptr():
+            dst[s:e].copy_(res)
+    ctx.out = None
+
+
+def merge_span(method, srcs: dict, dst: torch.Tensor, *, alpha, beta, gamma, ctx, scratch, check, keys,
+               starts, out_dtype) -> None:
+    """Elementwise `method` over flat spans srcs[slot] → dst (keys[i] starts at element starts[i])."""
+    _chunked(method.fn, srcs, dst, alpha=alpha, beta=beta, gamma=gamma, ctx=ctx, scratch=scratch, check=check,
+             keys=keys, starts=starts, out_dtype=out_dtype)
+
+
+def row_view(method, t: torch.Tensor) -> torch.Tensor:
+    """The 2-D view a row-wise method works on: (dim 0, rest) or (rest, last dim)."""
+    if method.rowwise == "last":
+        return t.reshape(-1, t.shape[-1])
+    return t.reshape(t.shape[0], -1)
+
+
+def merge_rows(method, kp, t: dict, dst: torch.Tensor, *, gamma, stats, scratch, check) -> None:
+    """Row-wise `method` on one key, in chunks of whole rows through reused buffers."""
+    srcs = {s: row_view(method, v) for s, v in t.items()}
+    d2 = row_view(method, dst)
+    width = max(1, d2.shape[1])
+    ctx = KeyContext(key=kp.key, stats=stats)
+    _chunked(method.fn, srcs, d2, alpha=kp.alpha, beta=kp.beta, gamma=gamma, ctx=ctx, scratch=scratch,
+             check=check, keys=[kp.key], starts=[0], out_dtype=kp.out_dtype, rows=max(1, CHUNK // width))
+
+
+def merge_whole(method, kp, t: dict, *, compute, gamma, adjust=None, arch=None, stats=None, device="cpu",
+                check=None) -> torch.Tensor:
+    """Whole-tensor kernel application (a new tensor in the compute dtype)."""
+    x = {s: v.to(device=device, dtype=compute) for s, v in t.items()}
+    ctx = KeyContext(key=kp.key, stats=stats)
+    if kp.channels:
+        sl = (slice(None), slice(0, kp.channels))
+        res = x["a"].clone()
+        res[sl] = method.fn(x["a"][sl], x["b"][sl], x["c"][sl] if "c" in x else None,
+                            alpha=kp.alpha, beta=kp.beta, gamma=gamma, ctx=ctx)
+    else:
+        res = method.fn(x["a"], x["b"], x.get("c"), alpha=kp.alpha, beta=kp.beta, gamma=gamma, ctx=ctx)
+    if kp.adjust:
+        res = apply_adjust(kp.key, res, adjust, arch)
+    if check is not None:
+        check.add([kp.key], [0], res, kp.out_dtype)
+    return res
