@@ -4,7 +4,7 @@ import launch
 
 # matplotlib (the charts) comes with the gradio of A1111 1.10 (3.41.2) and Forge (4.40): listed so
 # that a venv without it still gets it, never reinstalled when present.
-NEEDED = {"scipy": "scipy", "tqdm": "tqdm", "matplotlib": "matplotlib"}
+NEEDED = {"tqdm": "tqdm", "matplotlib": "matplotlib"}
 
 for module, requirement in NEEDED.items():
     if not launch.is_installed(module):
