@@ -5,6 +5,7 @@ names, ranges) so that a bad recipe is refused before the first tensor is read."
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import torch
 
@@ -140,6 +141,12 @@ def open_sources(recipe: Recipe) -> dict:
     return sources
 
 
+@lru_cache(maxsize=1 << 16)
+def _block_of(arch: Arch, key: str) -> str | None:
+    """arch.block_of(key), remembered: re-merges plan the same keys again."""
+    return arch.block_of(key)
+
+
 def _out_dtype(recipe: Recipe, dtype: torch.dtype, key: str, block: str | None, arch: Arch) -> torch.dtype:
     """Chosen precision for floating tensors of the model; other tensors keep their dtype.
 
@@ -230,9 +237,10 @@ def build_plan(recipe: Recipe, sources: dict, *, presets: Presets | None = None)
     compute = COMPUTE[recipe.compute_dtype]
 
     items: list[KeyPlan] = []
+    validated = set()
     for key in src_a.keys():
         ia = src_a.info(key)
-        mapped = arch.block_of(key)
+        mapped = _block_of(arch, key)
         block = mapped if ia.dtype.is_floating_point else None
         out = _out_dtype(recipe, ia.dtype, key, mapped, arch)
         kp = KeyPlan(key, "keep_a", tuple(ia.shape), out, block=block)
@@ -241,16 +249,20 @@ def build_plan(recipe: Recipe, sources: dict, *, presets: Presets | None = None)
             continue                                   # a key missing from any model keeps A
         if method.skips_vae and arch.is_vae(key):
             continue
-        shapes = {"a": ia.shape, **{slot: sources[slot].info(key).shape for slot in slots[1:]}}
         ratios = resolver.ratios(key, block)
         if ratios is None:
             continue
-        if not all(s.info(key).dtype.is_floating_point for s in others):
+        infos = [s.info(key) for s in others]
+        if not all(i.dtype.is_floating_point for i in infos):
             continue
-        kp.channels = _shape_rule(key, shapes, recipe.calc, label)
+        if any(i.shape != ia.shape for i in infos):
+            kp.channels = _shape_rule(key, dict(zip(slots, (ia.shape, *(i.shape for i in infos)))), recipe.calc,
+                                      label)
         kp.action, (kp.alpha, kp.beta) = "merge", ratios
         kp.adjust = key in adjust_keys
-        method.validate(kp.alpha, kp.beta, recipe.gamma)
+        if ratios not in validated:
+            method.validate(kp.alpha, kp.beta, recipe.gamma)
+            validated.add(ratios)
 
     in_a = {kp.key for kp in items}
     if not arch.name.startswith("flux"):
@@ -259,7 +271,7 @@ def build_plan(recipe: Recipe, sources: dict, *, presets: Presets | None = None)
                 continue
             ib = src_b.info(key)
             items.append(KeyPlan(key, "copy_b", tuple(ib.shape), _out_dtype(recipe, ib.dtype, key,
-                                                                              arch.block_of(key), arch)))
+                                                                              _block_of(arch, key), arch)))
     if recipe.prune:
         items = [kp for kp in items if arch.prune_keep(kp.key)]
     by_key = {kp.key: kp for kp in items}
