@@ -84,7 +84,7 @@ class FiniteCheck:
         if len(keys) == 1:
             self.single.append((self.seq, keys[0], out_dtype, torch.stack(torch.aminmax(t))))
             return
-        mag = torch.nan_to_num(t.abs(), nan=math.inf)
+        mag = torch.nan_to_num(t.abs(), nan=math.inf, posinf=math.inf)
         self.spans.append((self.seq, keys, starts, out_dtype, mag.max(), mag.argmax()))
 
     def flush(self) -> None:
