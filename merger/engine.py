@@ -174,6 +174,7 @@ class _Executor:
                 while j < len(items) and self._kind(items[j][0], items[j][1]) == kind \
                         and self._joins(items[j - 1], items[j], kind):
                     j += 1
+            if j > i + 1:
                 self._run_span(kind, items[i:j])
             else:
                 items[i] = (kp, t, self._single(kind, kp, t, tg))

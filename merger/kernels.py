@@ -70,7 +70,7 @@ class FiniteCheck:
     is, so the key can still be named."""
 
     def __init__(self):
-        self.single: list = []    # (seq, key, out_dtype, tensor[2] = (min, max))
+        self.single: list = []    # (seq, key, out_dtype, min, max)
         self.spans: list = []     # (seq, keys, starts, out_dtype, max |x|, argmax)
         self.seq = 0
 
@@ -82,7 +82,7 @@ class FiniteCheck:
             return
         self.seq += 1
         if len(keys) == 1:
-            self.single.append((self.seq, keys[0], out_dtype, torch.stack(torch.aminmax(t))))
+            self.single.append((self.seq, keys[0], out_dtype, *torch.aminmax(t)))
             return
         mag = torch.nan_to_num(t.abs(), nan=math.inf, posinf=math.inf)
         self.spans.append((self.seq, keys, starts, out_dtype, mag.max(), mag.argmax()))
@@ -90,7 +90,8 @@ class FiniteCheck:
     def flush(self) -> None:
         bad = []
         if self.single:
-            for (seq, key, dtype, _), (lo, hi) in zip(self.single, torch.stack([s[3] for s in self.single]).tolist()):
+            ext = torch.stack([x for s in self.single for x in s[3:]]).tolist()
+            for (seq, key, dtype, _, _), lo, hi in zip(self.single, ext[0::2], ext[1::2]):
                 limit = _limit(dtype)
                 if not (-limit <= lo and hi <= limit):
                     bad.append((seq, key, math.isfinite(lo) and math.isfinite(hi)))
@@ -110,22 +111,24 @@ def _chunked(fn, srcs: dict, dst: torch.Tensor, *, alpha, beta, gamma, ctx, scra
              out_dtype, rows: int = 0) -> None:
     """Apply fn over aligned chunks of the flat (rows == 0) or 2-D (rows-per-chunk) inputs."""
     cd, dev = scratch.dtype, scratch.device
-    direct = {s: v.dtype == cd and v.device == dev for s, v in srcs.items()}
-    direct_out = dst.dtype == cd and dst.device == dev
     n = dst.shape[0]
     step = rows or CHUNK
+    direct_out = dst.dtype == cd and dst.device == dev
+
+    def piece(slot, v):
+        return v if v.dtype == cd and v.device == dev else scratch.get(slot, v.numel()).view(v.shape).copy_(v)
+
     for s in range(0, n, step):
         e = min(n, s + step)
-        buf = {}
-        for slot, v in srcs.items():
-            part = v[s:e]
-            buf[slot] = part if direct[slot] else scratch.get(slot, part.numel()).view(part.shape).copy_(part)
-        out = dst[s:e] if direct_out else scratch.get("out", dst[s:e].numel()).view(dst[s:e].shape)
+        part = dst[s:e] if (s, e) != (0, n) else dst
+        out = part if direct_out else scratch.get("out", part.numel()).view(part.shape)
         ctx.out = out
-        res = fn(buf["a"], buf["b"], buf.get("c"), alpha=alpha, beta=beta, gamma=gamma, ctx=ctx)
+        c = srcs.get("c")
+        res = fn(piece("a", srcs["a"][s:e]), piece("b", srcs["b"][s:e]), None if c is None else piece("c", c[s:e]),
+                 alpha=alpha, beta=beta, gamma=gamma, ctx=ctx)
         check.add(keys, [x - s for x in starts] if len(keys) > 1 else starts, res, out_dtype)
         if not direct_out or res.data_ptr() != out.data_ptr():
-            dst[s:e].copy_(res)
+            part.copy_(res)
     ctx.out = None
 
 
