@@ -15,6 +15,8 @@ memory, which keeps every slice the programs read contiguous in long runs."""
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
 import torch
@@ -24,7 +26,12 @@ from .sortnet import level_types, median_programs
 
 # Elements per chunk (one buffer of the median's working set): large enough that a torch call's
 # fixed cost is small against its work, small enough that the working set stays in cache (CPU).
-CHUNK = {"cpu": 1 << 16, "cuda": 1 << 24}
+# On the CPU no single operation exceeds SEGMENT elements, below torch's threshold for splitting
+# an operation across its threads: the chunks run on THREADS Python threads instead (operations
+# release the GIL), which does not oversubscribe the cores when the machine is busy.
+CHUNK = {"cpu": 3 << 15, "cuda": 1 << 24}
+SEGMENT = {"cpu": 1 << 15, "cuda": 1 << 40}
+THREADS = int(os.environ.get("ALLOY_MEDIAN_THREADS", "0")) or min(2, os.cpu_count() or 1)
 _BIG = 4   # axes at least this long are split into chunks (with a one-row halo)
 _RUN = 16  # most positions of trailing short axes filtered by one Kronecker matrix
 
@@ -111,14 +118,18 @@ def _median_chunk(y, out_y, kinds, chunk_axis, r0, r1, work) -> None:
         shape = list(stack.shape[1:])
         shape[axis] = hi - lo
         new = work.take("s%d" % ((lv + 1) % 2), (n_out, *shape))
-        for wtype, start, count, in_start in _segments(n, lo, hi, origin):
+        per_position = math.prod(shape) // max(1, shape[axis])
+        step = max(1, SEGMENT.get(y.device.type, SEGMENT["cuda"]) // max(1, per_position))
+        for wtype, first, total, in_first in _segments(n, lo, hi, origin):
             ops, copies, n_temps = per_type[wtype]
-            ins = _label_views(stack, axis, in_start, count, wtype)
-            seg_shape = list(shape)
-            seg_shape[axis] = count
-            temps = work.take("t", (max(n_temps, 1), *seg_shape)).unbind(0)[:n_temps]
-            outs = new.narrow(1 + axis, start - lo, count).unbind(0)
-            _run(ops, copies, [*ins, *temps, *outs])
+            for off in range(0, total, step):          # pieces of at most SEGMENT elements
+                start, count, in_start = first + off, min(step, total - off), in_first + off
+                ins = _label_views(stack, axis, in_start, count, wtype)
+                seg_shape = list(shape)
+                seg_shape[axis] = count
+                temps = work.take("t", (max(n_temps, 1), *seg_shape)).unbind(0)[:n_temps]
+                outs = new.narrow(1 + axis, start - lo, count).unbind(0)
+                _run(ops, copies, [*ins, *temps, *outs])
         stack = new
     out_y.copy_(stack[0]) if chunk_axis is None else out_y.narrow(chunk_axis, r0, r1 - r0).copy_(stack[0])
 
@@ -155,8 +166,19 @@ def median3(x: torch.Tensor) -> torch.Tensor:
         return out
     row = max(1, y.numel() // y.shape[chunk_axis])
     step = max(1, CHUNK.get(x.device.type, CHUNK["cuda"]) // row)
-    for r0 in range(0, y.shape[chunk_axis], step):
-        _median_chunk(y, out_y, kinds, chunk_axis, r0, min(r0 + step, y.shape[chunk_axis]), work)
+    starts = list(range(0, y.shape[chunk_axis], step))
+    workers = THREADS if x.device.type == "cpu" and len(starts) > 1 else 1
+    if workers <= 1:
+        for r0 in starts:
+            _median_chunk(y, out_y, kinds, chunk_axis, r0, min(r0 + step, y.shape[chunk_axis]), work)
+        return out
+
+    def part(w: int) -> None:
+        mine = _Work(x.dtype, x.device)
+        for r0 in starts[w::workers]:
+            _median_chunk(y, out_y, kinds, chunk_axis, r0, min(r0 + step, y.shape[chunk_axis]), mine)
+    with ThreadPoolExecutor(workers, thread_name_prefix="alloy-median") as pool:
+        list(pool.map(part, range(workers)))
     return out
 
 
