@@ -120,7 +120,11 @@ def _median_chunk(y, out_y, kinds, chunk_axis, r0, r1, work) -> None:
         new = work.take("s%d" % ((lv + 1) % 2), (n_out, *shape))
         per_position = math.prod(shape) // max(1, shape[axis])
         step = max(1, SEGMENT.get(y.device.type, SEGMENT["cuda"]) // max(1, per_position))
-        for wtype, first, total, in_first in _segments(n, lo, hi, origin):
+        segments = _segments(n, lo, hi, origin)
+        if axis != chunk_axis and n >= 3 and 2 * per_position <= step:
+            _run_borders(stack, new, axis, n, per_type["first"], work)
+            segments = [seg for seg in segments if seg[0] == "mid"]
+        for wtype, first, total, in_first in segments:
             ops, copies, n_temps = per_type[wtype]
             for off in range(0, total, step):          # pieces of at most SEGMENT elements
                 start, count, in_start = first + off, min(step, total - off), in_first + off
@@ -132,6 +136,24 @@ def _median_chunk(y, out_y, kinds, chunk_axis, r0, r1, work) -> None:
                 _run(ops, copies, [*ins, *temps, *outs])
         stack = new
     out_y.copy_(stack[0]) if chunk_axis is None else out_y.narrow(chunk_axis, r0, r1 - r0).copy_(stack[0])
+
+
+def _run_borders(stack, new, axis: int, n: int, program, work) -> None:
+    """Both borders of an axis of n ≥ 3 positions in one pass: position 0 reads (x0, x0, x1) and
+    position n−1 reads (x[n−1], x[n−1], x[n−2]), the same program (see sortnet.level_program) over
+    the views {0, n−1} (label 0) and {1, n−2} (label +1)."""
+    ops, copies, n_temps = program
+    lead = (slice(None),) * (1 + axis)
+    border = stack[lead + (slice(0, n, n - 1),)]
+    if n == 3:
+        inner = stack.narrow(1 + axis, 1, 1).expand(border.shape)
+    else:
+        inner = stack[lead + (slice(1, n - 1, n - 3),)]
+    seg_shape = list(border.shape[1:])
+    temps = work.take("t", (max(n_temps, 1), *seg_shape)).unbind(0)[:n_temps]
+    regs = [*border.unbind(0), *border.unbind(0), *inner.unbind(0), *temps,
+            *new[lead + (slice(0, n, n - 1),)].unbind(0)]
+    _run(ops, copies, regs)
 
 
 def _label_views(stack, axis, in_start, count, wtype) -> list:

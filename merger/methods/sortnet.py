@@ -267,13 +267,25 @@ def _build(m: int, window: tuple, needed: tuple, rounds: int) -> Program:
     return _linearize(net, outs)
 
 
+def _relabel(prog: Program, mapping: dict) -> Program:
+    def ref(r):
+        return ("in", mapping[r[1]], r[2]) if r[0] == "in" else r
+    return Program(tuple((mx, ref(d), ref(a), ref(b)) for mx, d, a, b in prog.ops),
+                   tuple((d, ref(src)) for d, src in prog.copies), prog.n_temps,
+                   tuple(sorted((mapping[lab], ranks) for lab, ranks in prog.inputs)))
+
+
 @lru_cache(maxsize=None)
 def level_program(m: int, window: tuple, needed: tuple) -> Program:
     """The cheapest program found that computes ranks `needed` of the sorted union of the three
-    sorted length-m lists named by `window` (labels, e.g. (-1, 0, 1) or (0, 0, 1)).
+    sorted length-m lists named by `window` (labels, e.g. (-1, 0, 1) or (0, 0, 1)). The "last"
+    window's program is the "first" one with label +1 read as −1 (so both borders of an axis can
+    run as one sequence of operations).
 
     A single rank (the median) of three different lists is selected after 4 or 6 rounds of
     aligned sorting (fewest operations for every list length up to 27); everything else is merged."""
+    if window == WINDOWS["last"]:     # the mirror of "first": the same operations (see filters)
+        return _relabel(level_program(m, WINDOWS["first"], needed), {0: 0, 1: -1})
     strategies = (4, 6) if len(needed) == 1 and len(set(window)) == 3 else (0,)
     return min((_build(m, window, needed, s) for s in strategies), key=lambda p: p.cost)
 
