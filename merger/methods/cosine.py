@@ -56,7 +56,7 @@ def column_sums(a: torch.Tensor, b: torch.Tensor) -> tuple:
     step = max(1, ROWS_ELEMENTS // max(1, width))
     for r in range(0, a2.shape[0], step):
         x = a2[r:r + step].to(torch.float64)
-        y = b2[r:r + step].to(b.device, torch.float64)
+        y = b2[r:r + step].to(a.device, torch.float64)
         sums[0] += (x * y).sum(0)
         sums[1] += (x * x).sum(0)
         sums[2] += (y * y).sum(0)
