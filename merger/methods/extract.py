@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import AlloyError
-from .base import KeyContext, copy_of, emit
+from .base import KeyContext, copy_of
 
 
 def check(alpha: float, beta: float, gamma: float) -> None:
@@ -31,10 +31,10 @@ def extract(a, b, c, *, alpha, beta, gamma, ctx: KeyContext):
     """A + lerp(B − A, C − A, α)·lerp(d, 1 − d, β), d = ((cos_last(B − A, C − A) + 1)/2)^γ."""
     if a.dim() == 0:
         return copy_of(a, ctx)
-    da = b - a
-    db = c - a
+    da = torch.sub(b, a)
+    db = torch.sub(c, a)
     cos = F.cosine_similarity(da, db, dim=-1, eps=1e-8).clamp(-1, 1).unsqueeze(-1)
     d = ((cos + 1) / 2) ** gamma
-    mix = torch.lerp(da, db, float(alpha))
-    mix.mul_(torch.lerp(d, 1 - d, float(beta)))
-    return emit(mix.add_(a), ctx)
+    weight = torch.lerp(d, 1 - d, float(beta))
+    mix = torch.lerp(da, db, float(alpha), out=ctx.out) if ctx.out is not None else torch.lerp(da, db, float(alpha))
+    return mix.mul_(weight).add_(a)
