@@ -29,7 +29,7 @@ from .sortnet import level_types, median_programs
 # On the CPU no single operation exceeds SEGMENT elements, below torch's threshold for splitting
 # an operation across its threads: the chunks run on THREADS Python threads instead (operations
 # release the GIL), which does not oversubscribe the cores when the machine is busy.
-CHUNK = {"cpu": 3 << 15, "cuda": 1 << 24}
+CHUNK = {"cpu": 3 << 15, "cuda": 1 << 22}
 SEGMENT = {"cpu": 1 << 15, "cuda": 1 << 40}
 THREADS = int(os.environ.get("ALLOY_MEDIAN_THREADS", "0")) or min(2, os.cpu_count() or 1)
 _BIG = 4   # axes at least this long are split into chunks (with a one-row halo)
