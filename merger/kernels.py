@@ -4,7 +4,8 @@ NaN/inf/overflow check of every result batched into one host transfer per flush.
 * `merge_span`: elementwise methods over one flat span, which may hold several consecutive keys
   with the same ratios (their inputs and destinations adjacent in memory), in chunks of `CHUNK`.
 * `merge_rows`: methods that are elementwise across rows (cosine: dim-0 slices share per-column
-  weights; extract: rows along the last dim are independent), in row chunks of about `CHUNK`.
+  weights; extract: rows along the last dim are independent; smoothAdd: dim-0 slices with a halo of
+  rows its filters reach), in row chunks of about `CHUNK` elements.
 * `merge_whole`: any method on whole tensors (the rest, §10.5 channel slices, Adjust).
 
 Inputs in the compute dtype on the compute device are read in place and a destination of that
@@ -21,6 +22,7 @@ from .errors import AlloyError
 from .methods import KeyContext
 
 CHUNK = 1 << 20
+HALO_CHUNK = 1 << 22   # rows per chunk of methods with a halo: the halo's share of the work stays small
 _CHECKABLE = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -140,20 +142,34 @@ def merge_span(method, srcs: dict, dst: torch.Tensor, *, alpha, beta, gamma, ctx
 
 
 def row_view(method, t: torch.Tensor) -> torch.Tensor:
-    """The 2-D view a row-wise method works on: (dim 0, rest) or (rest, last dim)."""
-    if method.rowwise == "last":
-        return t.reshape(-1, t.shape[-1])
-    return t.reshape(t.shape[0], -1)
+    """The view a row-wise method works on: rows along the last dim as a 2-D view, or the tensor
+    itself (rows = its dim-0 slices)."""
+    return t.reshape(-1, t.shape[-1]) if method.rowwise == "last" else t
 
 
 def merge_rows(method, kp, t: dict, dst: torch.Tensor, *, gamma, stats, scratch, check) -> None:
-    """Row-wise `method` on one key, in chunks of whole rows through reused buffers."""
+    """Row-wise `method` on one key, in chunks of whole rows through reused buffers. A method with
+    a halo h gets h more rows on each side of a chunk (where the tensor has them) and only the
+    chunk's own rows of its result are kept (smoothAdd: its filters reach 5 rows)."""
     srcs = {s: row_view(method, v) for s, v in t.items()}
     d2 = row_view(method, dst)
-    width = max(1, d2.shape[1])
+    width = max(1, d2[0].numel()) if d2.shape[0] else 1
     ctx = KeyContext(key=kp.key, stats=stats)
-    _chunked(method.fn, srcs, d2, alpha=kp.alpha, beta=kp.beta, gamma=gamma, ctx=ctx, scratch=scratch,
-             check=check, keys=[kp.key], starts=[0], out_dtype=kp.out_dtype, rows=max(1, CHUNK // width))
+    halo = method.halo
+    if not halo:
+        _chunked(method.fn, srcs, d2, alpha=kp.alpha, beta=kp.beta, gamma=gamma, ctx=ctx, scratch=scratch,
+                 check=check, keys=[kp.key], starts=[0], out_dtype=kp.out_dtype, rows=max(1, CHUNK // width))
+        return
+    n = d2.shape[0]
+    step = max(1, HALO_CHUNK // width)
+    for r0 in range(0, n, step):
+        r1 = min(n, r0 + step)
+        lo, hi = max(0, r0 - halo), min(n, r1 + halo)
+        part = {s: scratch.get(s, v[lo:hi].numel()).view(v[lo:hi].shape).copy_(v[lo:hi]) for s, v in srcs.items()}
+        res = method.fn(part["a"], part["b"], part.get("c"), alpha=kp.alpha, beta=kp.beta, gamma=gamma, ctx=ctx)
+        own = res[r0 - lo:r1 - lo]
+        check.add([kp.key], [0], own, kp.out_dtype)
+        d2[r0:r1].copy_(own)
 
 
 def merge_whole(method, kp, t: dict, *, compute, gamma, adjust=None, arch=None, stats=None, device="cpu",

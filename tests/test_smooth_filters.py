@@ -131,3 +131,21 @@ def test_smooth_add_file_merge_equals_kernel_per_key_and_refuses_nan(tmp_path):
     with pytest.raises(AlloyError, match="skip_connection"):
         merge_to_file(r.replace(model_b=str(bad)), str(out2), device="cpu")
     assert not out2.exists()
+
+
+def test_smooth_add_in_row_chunks_with_a_halo_equals_the_whole_tensor(monkeypatch):
+    from merger import kernels
+    from merger.plan import KeyPlan
+    m = get_method("add_difference", "smoothAdd")
+    g = torch.Generator().manual_seed(4)
+    for shape, chunk in (((23, 7, 3, 3), 63), ((40, 12), 24), ((57,), 1), ((9, 5), 5), ((11, 2, 3), 1)):
+        monkeypatch.setattr(kernels, "HALO_CHUNK", chunk)   # 1 … 7 rows per chunk: every halo case
+        t = {s: torch.randn(shape, generator=g).half() for s in "abc"}
+        kp = KeyPlan("model.k", "merge", shape, torch.float32, alpha=0.8)
+        dst = torch.empty(shape)
+        check = kernels.FiniteCheck()
+        kernels.merge_rows(m, kp, t, dst, gamma=0.0, stats=None, scratch=kernels.Scratch(torch.float32, "cpu"),
+                           check=check)
+        check.flush()
+        want = m.fn(*(t[s].float() for s in "abc"), alpha=0.8, beta=0, gamma=0, ctx=KeyContext(key="model.k"))
+        torch.testing.assert_close(dst, want, rtol=1e-6, atol=1e-6)

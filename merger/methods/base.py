@@ -48,6 +48,8 @@ class Method:
         chunks of whole rows: "dim0" = (dim 0, rest) (per-column data shared by all rows),
         "last" = (rest, last dim) (every row on its own). None: whole tensors only.
     uses_key: the kernel's result depends on ``ctx.key`` (the engine never batches its keys).
+    halo: with rowwise "dim0": a row of the result depends on input rows up to `halo` away (the
+        engine hands the kernel chunks of rows plus that many neighbours and keeps the chunk's own).
     multi: set for the multi-model modes (A + fine-tunes B…F), whose kernels take a list of models
         and are run through it instead of ``fn(a, b, c, …)``.
     """
@@ -65,6 +67,7 @@ class Method:
     keystats: Callable[[torch.Tensor, torch.Tensor], tuple] | None = None
     rowwise: str | None = None
     uses_key: bool = False
+    halo: int = 0
     check: Callable[[float, float, float], None] | None = None
     summary: str = ""
     multi: object | None = None    # merger.methods.multi.MultiKernel for the multi-model modes

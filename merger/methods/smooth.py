@@ -15,7 +15,10 @@ from __future__ import annotations
 import torch
 
 from .base import KeyContext
-from .filters import gaussian, median3
+from .filters import gaussian, gaussian_weights, median3
+
+# How far (in positions along an axis) an output depends on the difference: 1 (median) + 4 (Gaussian).
+HALO = 1 + len(gaussian_weights()) // 2
 
 
 def smooth_difference(d: torch.Tensor) -> torch.Tensor:
