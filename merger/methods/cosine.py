@@ -49,17 +49,21 @@ class CosineStats:
 
 
 def column_sums(a: torch.Tensor, b: torch.Tensor) -> tuple:
-    """(Σ a·b, Σ a², Σ b²) over dim 0, float64, shape a.shape[1:] flattened (a, b of one shape, ≥ 1-D)."""
+    """(Σ a·b, Σ a², Σ b²) over dim 0, float64, shape a.shape[1:] flattened (a, b of one shape, ≥ 1-D).
+
+    Products are exact: float32 products of fp16 values (22 significant bits), float64 otherwise."""
     a2, b2 = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
     width = a2.shape[1]
+    exact32 = a.dtype == torch.float16 and b.dtype == torch.float16
+    dtype = torch.float32 if exact32 else torch.float64
     sums = torch.zeros(3, width, dtype=torch.float64, device=a.device)
     step = max(1, ROWS_ELEMENTS // max(1, width))
     for r in range(0, a2.shape[0], step):
-        x = a2[r:r + step].to(torch.float64)
-        y = b2[r:r + step].to(a.device, torch.float64)
-        sums[0] += (x * y).sum(0)
-        sums[1] += (x * x).sum(0)
-        sums[2] += (y * y).sum(0)
+        x = a2[r:r + step].to(dtype)
+        y = b2[r:r + step].to(a.device, dtype)
+        sums[0] += (x * y).sum(0, dtype=torch.float64)
+        sums[1] += (x * x).sum(0, dtype=torch.float64)
+        sums[2] += (y * y).sum(0, dtype=torch.float64)
     return sums[0], sums[1], sums[2]
 
 
