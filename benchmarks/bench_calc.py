@@ -97,7 +97,8 @@ def main(argv=None) -> int:
     names = [n.strip() for n in args.calc.split(",") if n.strip()]
     unknown = [n for n in names if n not in MODES]
     if unknown or not Path("/usr/bin/time").exists():
-        sys.exit(f"unknown calc mode(s): {', '.join(unknown)}" if unknown else "/usr/bin/time is missing (apt-get install time)")
+        sys.exit(f"unknown calc mode(s): {', '.join(unknown)}" if unknown
+                 else "/usr/bin/time is missing (apt-get install time)")
     import torch
     work = Path(args.work)
     paths = checkpoints(args.arch, work / "ckpt", args.keep, args.tiny)

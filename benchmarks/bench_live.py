@@ -126,7 +126,9 @@ def main() -> None:
     ap.add_argument("--arch", choices=("sd1", "sdxl"), default="sd1")
     ap.add_argument("--small", action="store_true", help="tiny shapes: the per-key overhead")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (model, cache and merge on that device)")
-    ap.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="files and model precision")
+    ap.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="the model's precision")
+    ap.add_argument("--file-dtype", choices=tuple(DTYPES), default=None,
+                    help="the files' precision (default: --dtype; fp16 files into an fp32 model = WebUI --no-half)")
     ap.add_argument("--sweep", type=int, default=20, help="alphas in the sweep (an X/Y/Z axis)")
     ap.add_argument("--workdir", default=None, help="where A/B files are written (kept for reruns)")
     ap.add_argument("--cache-gb", type=float, default=24.0)
@@ -135,7 +137,8 @@ def main() -> None:
         sys.exit("--device cuda: no CUDA device is available here; use --device cpu")
     work = Path(args.workdir or tempfile.mkdtemp(prefix="alloy-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    path_a, path_b = make_files(work, args.arch, args.small, args.dtype)
+    file_dtype = args.file_dtype or args.dtype
+    path_a, path_b = make_files(work, args.arch, args.small, file_dtype)
     model = load_model(path_a, args.arch, args.small, args.dtype, args.device)
     opener = CountingOpener()
     gpu = args.device.startswith("cuda")
@@ -158,13 +161,14 @@ def main() -> None:
     rows.append(("restore original", timed(args.device, session.restore), opener.reads - reads))
     session.cache.clear()                      # peak memory: model + one copy of A and B
     from safetensors.torch import load_file
-    a_sd, b_sd = load_file(path_a, device=args.device), load_file(path_b, device=args.device)
+    a_sd, b_sd = ({k: v.to(DTYPES[args.dtype]) if v.is_floating_point() else v
+                   for k, v in load_file(p, device=args.device).items()} for p in (path_a, path_b))
     lerp_pass(model, a_sd, b_sd, 0.6, args.device)           # warm-up (allocator, kernels)
     rows.append(("floor: one torch.lerp pass (A, B in memory)", lerp_pass(model, a_sd, b_sd, 0.6, args.device), 0))
     nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
     keys = sum(1 for _ in model.state_dict())
     where = torch.cuda.get_device_name() if gpu else f"{os.cpu_count()} CPUs"
-    print(f"model: {args.arch} {'tiny' if args.small else 'full'} {args.dtype}, {keys} keys, "
+    print(f"model: {args.arch} {'tiny' if args.small else 'full'} {args.dtype} from {file_dtype} files, {keys} keys, "
           f"{nbytes / 2**30:.3f} GiB of parameters, {args.device} ({where}), torch {torch.__version__}, "
           f"load average {os.getloadavg()[0]:.1f}, {time.strftime('%Y-%m-%d %H:%M')}")
     print(f"{'step':58s} {'seconds':>9s} {'file reads':>11s}")

@@ -11,7 +11,8 @@ from merger.methods import KeyContext, get_method
 from merger.recipe import Recipe
 from tests.fixtures import write_tiny
 
-BLOCKS = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1,0.15,0.25,0.35,0.45,0.55,0.65,0.75,0.85,0.95,0.05,0.5,0.5,0.6,0.7,0.8,0.9"
+BLOCKS = ("0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1,0.15,0.25,0.35,0.45,0.55,0.65,0.75,0.85,0.95,0.05,"
+          "0.5,0.5,0.6,0.7,0.8,0.9")
 ELEMENTWISE = [("weight_sum", "normal"), ("add_difference", "normal"), ("triple_sum", "normal"),
                ("sum_twice", "normal"), ("add_difference", "trainDifference"), ("weight_sum", "self")]
 

@@ -1,7 +1,8 @@
 """extract (spec §4.5; checkpoint version): add the features of B or C that are (dis)similar.
 
 Per key, with base A:  a = B − A,  b = C − A,
-    c = clamp(cos(a, b) along the last dim, −1, 1)  (Σab / (max(‖a‖, 1e-8)·max(‖b‖, 1e-8)), a trailing singleton dim kept)
+    c = clamp(cos(a, b) along the last dim, −1, 1)  (Σab / (max(‖a‖, 1e-8)·max(‖b‖, 1e-8));
+        a trailing singleton dim kept)
     d = ((c + 1)/2)^γ
     A' = A + lerp(a, b, α) ⊙ lerp(d, 1 − d, β)
 α chooses the source (0 → B, 1 → C), β similar (0) vs dissimilar (1) rows, γ ≥ 0 sharpens.
