@@ -26,8 +26,7 @@ def _data(shape, kind, seed):
     if kind == "ties":                      # few distinct values: many equal elements per window
         return g.integers(-2, 3, size=shape).astype(np.float32)
     if kind == "signed_zeros":
-        zeros = (g.integers(-1, 2, size=shape) * 0.0).astype(np.float32)      # +0.0 and -0.0
-        return zeros + g.choice([0.0, 1.5], size=shape).astype(np.float32)
+        return np.array([-0.0, 0.0, 1.5], dtype=np.float32)[g.integers(0, 3, size=shape)]
     return g.standard_normal(shape).astype(np.float32)
 
 
