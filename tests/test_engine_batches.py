@@ -69,6 +69,11 @@ def test_copies_and_fp32_output_equal_per_key(files, tmp_path, monkeypatch):
         _per_key(m)
         single = _merge(files, tmp_path, "single", **kw)
     assert batched.read_bytes() == single.read_bytes()
+    with monkeypatch.context() as m:           # batches whose targets straddle the output buffers
+        m.setattr(engine, "BATCH_BYTES", 3000)
+        m.setattr(sinks, "MIN_BUFFER", 5000)
+        small = _merge(files, tmp_path, "small", **kw)
+    assert small.read_bytes() == single.read_bytes()
 
 
 @pytest.mark.parametrize("calc,mode,kw", [("cosineA", "weight_sum", dict(alpha=0.2)),
@@ -126,3 +131,7 @@ def test_finite_check_names_the_first_bad_key_of_a_span():
         chk.flush()
     chk.add(["fine"], [0], torch.tensor([7e4]), torch.float32)
     chk.flush()
+
+
+def test_a_read_batch_fits_one_file_sink_buffer():
+    assert engine.BATCH_BYTES <= sinks.MIN_BUFFER     # FileSink's rule for targets asked for at once
