@@ -140,7 +140,7 @@ class _Executor:
         self.plan, self.sink, self.device, self.report = plan, sink, device, report
         self.progress, self.should_stop, self.total, self.done = progress, should_stop, total, 0
         self.scratch = Scratch(plan.compute_dtype, device)
-        self.check = FiniteCheck()
+        self.check = FiniteCheck(defer=torch.device(device).type != "cpu")
         self.ctx = KeyContext(key="")
 
     def _kind(self, kp, t) -> str:

@@ -66,12 +66,15 @@ def _refuse(key: str, finite: bool):
 class FiniteCheck:
     """Refuses NaN/inf in results and values the output dtype cannot hold (fp16 overflow).
 
-    `add` records a result's extremes on its device (no host sync); `flush` moves everything
-    recorded to the host in one transfer per kind and raises AlloyError naming the first bad key
-    in the order added. A span of several keys records max |x| (NaN counted as inf) and where it
-    is, so the key can still be named."""
+    Without `defer` (the CPU) a result is checked when it is added (one aminmax pass, no
+    temporaries). With `defer` (a GPU: no wait for the device per key) `add` only records its
+    extremes on the device and `flush` moves everything recorded to the host in one transfer per
+    kind; a span of several keys records max |x| (NaN counted as inf)
+    and where it is, so the key can still be named. Either way the AlloyError names the first bad
+    key in the order added (on a GPU: at the latest when `flush` runs)."""
 
-    def __init__(self):
+    def __init__(self, defer: bool = False):
+        self.defer = defer
         self.single: list = []    # (seq, key, out_dtype, min, max)
         self.spans: list = []     # (seq, keys, starts, out_dtype, max |x|, argmax)
         self.seq = 0
@@ -83,6 +86,19 @@ class FiniteCheck:
         if t.dtype not in _CHECKABLE or t.numel() == 0:
             return
         self.seq += 1
+        if not self.defer:
+            lo, hi = (float(v) for v in torch.aminmax(t))
+            limit = _limit(out_dtype)
+            if not (-limit <= lo and hi <= limit):
+                key = keys[0]
+                for k, s, e in zip(keys, starts, [*starts[1:], t.numel()]):
+                    lo_k, hi_k = (float(v) for v in torch.aminmax(t.reshape(-1)[max(s, 0):e])) if e > max(s, 0) \
+                        else (0.0, 0.0)
+                    if not (-limit <= lo_k and hi_k <= limit):
+                        key, lo, hi = k, lo_k, hi_k
+                        break
+                _refuse(key, math.isfinite(lo) and math.isfinite(hi))
+            return
         if len(keys) == 1:
             self.single.append((self.seq, keys[0], out_dtype, *torch.aminmax(t)))
             return

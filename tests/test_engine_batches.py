@@ -115,19 +115,23 @@ def test_bad_value_inside_a_span_names_its_key(tmp_path, value, what):
     assert not out.exists()
 
 
-def test_finite_check_names_the_first_bad_key_of_a_span():
-    chk = kernels.FiniteCheck()
+@pytest.mark.parametrize("defer", [True, False])
+def test_finite_check_names_the_first_bad_key_of_a_span(defer):
+    chk = kernels.FiniteCheck(defer=defer)
     t = torch.zeros(10)
     chk.add(["k0", "k1", "k2"], [0, 4, 7], t, torch.float16)
     chk.flush()
     t[8] = float("inf")
-    chk.add(["k0", "k1", "k2"], [0, 4, 7], t, torch.float16)
-    chk.add(["k9"], [0], torch.tensor([float("nan")]), torch.float16)
     with pytest.raises(AlloyError, match="k2 contains NaN or infinite"):
+        chk.add(["k0", "k1", "k2"], [0, 4, 7], t, torch.float16)
+        chk.add(["k9"], [0], torch.tensor([float("nan")]), torch.float16)
         chk.flush()
-    assert len(chk) == 0
-    chk.add(["big"], [0], torch.tensor([7e4]), torch.float16)
-    with pytest.raises(AlloyError, match="big contains values too large"):
+    assert not defer or len(chk) == 0
+    chk = kernels.FiniteCheck(defer=defer)
+    t = torch.zeros(10)
+    t[2] = 7e4                                    # a chunk that starts inside key k0 (start −3)
+    with pytest.raises(AlloyError, match="k0 contains values too large"):
+        chk.add(["k0", "k1"], [-3, 5], t, torch.float16)
         chk.flush()
     chk.add(["fine"], [0], torch.tensor([7e4]), torch.float32)
     chk.flush()
