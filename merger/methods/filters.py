@@ -270,17 +270,21 @@ def _small_axes(y: torch.Tensor, axes: list, weights: tuple) -> torch.Tensor:
 
 def _big_axis(y: torch.Tensor, axis: int, weights: tuple) -> torch.Tensor:
     """The 1-D filter along a long axis: a depthwise convolution over the trailing positions as
-    channels when there are several (channels-last view, no copy), else shifted adds."""
+    channels when there are several (channels-last view, no copy), over the leading ones when the
+    axis is the last, else shifted adds."""
     r = len(weights) // 2
     pre, n = math.prod(y.shape[:axis]), y.shape[axis]
     post = y.numel() // max(1, pre * n)
     y3 = y.reshape(pre, n, post)
     xp = torch.cat([y3[:, :r].flip(1), y3, y3[:, n - r:].flip(1)], dim=1)
+    w = torch.tensor(weights, dtype=torch.float64).to(device=y.device, dtype=y.dtype)
     if post >= 8:
-        w = torch.tensor(weights, dtype=torch.float64).to(device=y.device, dtype=y.dtype)
         img = xp.view(pre, n + 2 * r, 1, post).permute(0, 3, 1, 2)
         out = F.conv2d(img, w.view(1, 1, -1, 1).expand(post, 1, -1, 1).contiguous(), groups=post)
         return out.permute(0, 2, 3, 1).reshape(y.shape)
+    if post == 1 and pre >= 8:           # the last axis: the rows are the channels
+        out = F.conv1d(xp.view(1, pre, n + 2 * r), w.view(1, 1, -1).expand(pre, 1, -1).contiguous(), groups=pre)
+        return out.reshape(y.shape)
     out = torch.mul(xp[:, r:r + n], weights[r])
     tmp = torch.empty_like(out)
     for t in range(1, r + 1):
