@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
@@ -199,9 +200,20 @@ def median3(x: torch.Tensor) -> torch.Tensor:
         mine = _Work(x.dtype, x.device)
         for r0 in starts[w::workers]:
             _median_chunk(y, out_y, kinds, chunk_axis, r0, min(r0 + step, y.shape[chunk_axis]), mine)
-    with ThreadPoolExecutor(workers, thread_name_prefix="alloy-median") as pool:
-        list(pool.map(part, range(workers)))
+    list(_pool(workers).map(part, range(workers)))
     return out
+
+
+_POOLS: dict = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """A lasting pool of `workers` threads (idle threads cost nothing; making them per call does)."""
+    with _POOLS_LOCK:
+        if workers not in _POOLS:
+            _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="alloy-median")
+        return _POOLS[workers]
 
 
 # ---- Gaussian ----------------------------------------------------------------------------------
