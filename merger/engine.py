@@ -18,7 +18,7 @@ import torch
 
 from .contracts import Report, Sink
 from .errors import Interrupted
-from .kernels import FiniteCheck, Scratch, merge_rows, merge_span, merge_whole, resolve_device
+from .kernels import FiniteCheck, Scratch, merge_rows, merge_span, merge_whole, resolve_device, trim_heap
 from .methods import KeyContext
 from .plan import SLOTS, KeyPlan, Plan
 
@@ -26,6 +26,7 @@ __all__ = ["execute", "Report", "Sink", "resolve_device", "BATCH_BYTES"]
 
 BATCH_BYTES = 4 << 20
 CHECK_EVERY = 1024
+TRIM_ELEMENTS = 1 << 20
 
 
 def _needed_slots(plan: Plan, kp) -> tuple:
@@ -42,7 +43,9 @@ def _align(n: int, k: int) -> int:
 
 class _Reader:
     """Reads batches of consecutive items on a helper thread into two sets of reused buffers,
-    one batch ahead of the caller. Sources that hand out shared tensors (the cache) get no buffer."""
+    one batch ahead of the caller. Sources that hand out shared tensors (the cache) get no buffer;
+    a key bigger than a batch is read into memory of its own, freed once it is merged (so the
+    buffers stay at BATCH_BYTES instead of two copies of the biggest key per source)."""
 
     def __init__(self, plan: Plan, sources: dict, items: list):
         self.plan, self.sources, self.items = plan, sources, items
@@ -62,6 +65,7 @@ class _Reader:
                 self._close(start, i, offsets, used, sizes)
                 start, used, out, offsets = i, {s: 0 for s in buffered}, 0, []
                 need = {slot: (0, n) for slot, (_, n) in need.items()}
+            need = {slot: on for slot, on in need.items() if on[1] <= BATCH_BYTES}   # bigger: own memory
             offsets.append(need)
             for slot, (off, n) in need.items():
                 used[slot] = off + n
@@ -216,15 +220,22 @@ class _Executor:
             else:
                 merge_rows(plan.method, kp, t, tg, gamma=plan.recipe.gamma, stats=getattr(plan, "stats", None),
                            scratch=self.scratch, check=self.check)
+                self._trim(t["a"])
             return tg
         else:
             res = merge_whole(plan.method, kp, t, compute=plan.compute_dtype, gamma=plan.recipe.gamma,
                               adjust=plan.adjust, arch=plan.arch, stats=getattr(plan, "stats", None),
                               device=self.device, check=self.check)
+            self._trim(t["a"]) if "a" in t else None
         if tg is not None:
             tg.copy_(res)
             return tg
         return res if res.dtype == kp.out_dtype else res.to(kp.out_dtype)
+
+    def _trim(self, t: torch.Tensor) -> None:
+        """After a key whose kernel made big temporaries on the CPU, return freed heap memory."""
+        if self.device.type == "cpu" and t.numel() >= TRIM_ELEMENTS:
+            trim_heap()
 
     def _put(self, kp, tensor) -> None:
         if kp.action == "merge":

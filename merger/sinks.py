@@ -16,12 +16,13 @@ MIN_BUFFER = 8 << 20
 class FileSink(Sink):
     """Writes every planned key, in plan order, to `path` (temp file + fsync + rename on finish).
 
-    Two reused output buffers: targets are packed one after the other into the current buffer
-    (consecutive keys of one dtype are adjacent, so the engine can fill several with one
-    operation); when the next key does not fit, the buffer is handed to a writer thread as one job
-    once all its keys are put, and the other buffer is used. So computing and writing overlap and
-    small keys cost no thread hand-off each. A batch of keys asked for at once must fit in one
-    buffer (`MIN_BUFFER` or the biggest key, whichever is larger). `finalize` (optional) returns
+    Two reused output buffers of `MIN_BUFFER` bytes: targets are packed one after the other into
+    the current buffer (consecutive keys of one dtype are adjacent, so the engine can fill several
+    with one operation); when the next key does not fit, the buffer is handed to a writer thread as
+    one job once all its keys are put, and the other buffer is used. So computing and writing
+    overlap and small keys cost no thread hand-off each. Targets asked for at once must fit in half
+    a buffer; a key bigger than that comes alone and gets memory of its own, written as its own
+    job and freed after (so memory does not hold two copies of the biggest key). `finalize` (optional) returns
     the final metadata once the merge is done (e.g. with input hashes computed in the background);
     it replaces the provisional metadata in the header, which was sized for it."""
 
@@ -36,14 +37,14 @@ class FileSink(Sink):
         reserve = 4096 + len(json.dumps(self.metadata))
         self.writer = SafetensorsWriter(self.path, entries, self.metadata, overwrite=self.overwrite,
                                         metadata_reserve=reserve)
-        cap = max([MIN_BUFFER] + [_nbytes(kp) for kp in plan.items])
-        self.bufs = [torch.empty(cap, dtype=torch.uint8) for _ in range(2)]
+        self.bufs = [torch.empty(MIN_BUFFER, dtype=torch.uint8) for _ in range(2)]
         self.cur, self.fill = 0, 0
         self.handed = deque()              # (buffer index, view) of targets not yet put, in order
         self.waiting = [0, 0]              # targets handed out and not yet put, per buffer
         self.done: list = [[], []]         # (key, tensor) put into each buffer, not yet written
         self.closed = [False, False]
         self.jobs = [None, None]
+        self.own = deque()                 # write jobs of big keys (see target)
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="alloy-write")
 
     def _wait(self, i: int) -> None:
@@ -67,6 +68,16 @@ class FileSink(Sink):
 
     def target(self, kp) -> torch.Tensor:
         n, size = _nbytes(kp), kp.out_dtype.itemsize
+        if n > MIN_BUFFER // 2:                 # a big key: memory of its own, written as its own job
+            self._close(self.cur)               # (after what the current buffer holds)
+            self.cur ^= 1
+            if self.waiting[self.cur]:
+                raise RuntimeError("FileSink: more targets outstanding than one buffer holds")
+            self._wait(self.cur)
+            self.fill = 0
+            view = torch.empty(kp.shape, dtype=kp.out_dtype)
+            self.handed.append((None, view))
+            return view
         off = (self.fill + size - 1) // size * size
         if off + n > self.bufs[0].numel():
             self._close(self.cur)
@@ -82,6 +93,14 @@ class FileSink(Sink):
         return view
 
     def put(self, kp, tensor) -> None:
+        if self.handed and self.handed[0][0] is None:       # a big key (see target)
+            _, view = self.handed.popleft()
+            if tensor is not view:
+                view.copy_(tensor)
+            while len(self.own) > 1:                # at most two big keys in memory
+                self.own.popleft().result()
+            self.own.append(self.pool.submit(self._write, [(kp.key, view)]))
+            return
         if self.handed:
             i, view = self.handed.popleft()
             if tensor is not view:
@@ -101,15 +120,18 @@ class FileSink(Sink):
         self._close(self.cur)
         for i in (0, 1):
             self._wait(i)
+        while self.own:
+            self.own.popleft().result()
         if self.finalize is not None:
             self.writer.set_metadata(self.finalize())
         report.path = self.writer.commit()
         self._shutdown()
 
     def abort(self) -> None:
-        for i in (0, 1):
+        for job in [*self.jobs, *getattr(self, "own", ())]:
             try:
-                self._wait(i)
+                if job is not None:
+                    job.result()
             except Exception:  # the write error is not the error being reported
                 pass
         if self.writer is not None:

@@ -71,7 +71,7 @@ def test_copies_and_fp32_output_equal_per_key(files, tmp_path, monkeypatch):
     assert batched.read_bytes() == single.read_bytes()
     with monkeypatch.context() as m:           # batches whose targets straddle the output buffers
         m.setattr(engine, "BATCH_BYTES", 3000)
-        m.setattr(sinks, "MIN_BUFFER", 5000)
+        m.setattr(sinks, "MIN_BUFFER", 6000)
         small = _merge(files, tmp_path, "small", **kw)
     assert small.read_bytes() == single.read_bytes()
 
@@ -138,4 +138,4 @@ def test_finite_check_names_the_first_bad_key_of_a_span(defer):
 
 
 def test_a_read_batch_fits_one_file_sink_buffer():
-    assert engine.BATCH_BYTES <= sinks.MIN_BUFFER     # FileSink's rule for targets asked for at once
+    assert engine.BATCH_BYTES <= sinks.MIN_BUFFER // 2   # FileSink's rule for targets asked for at once
