@@ -144,21 +144,37 @@ def _sort_small(net: _Net, xs: list) -> list:
 
 def _eliminate(net: _Net, lists: list, k: int) -> tuple[list, int]:
     """Drop list ends whose known rank bounds exclude rank k (0-based) of the union; return the
-    remaining lists and the rank of the same value among what remains."""
+    remaining lists and the rank of the same value among what remains. A node may stand in
+    several lists (a repeated neighbour): it counts once per occurrence."""
     lists = [list(x) for x in lists if x]
     changed = True
     while changed:
         changed = False
-        live = 0
+        count: dict = {}
         for x in lists:
             for v in x:
-                live |= 1 << v
-        n = live.bit_count()
+                count[v] = count.get(v, 0) + 1
+        live = 0
+        for v in count:
+            live |= 1 << v
+        n = sum(count.values())
+        single = n == len(count)
+
+        def weight(mask: int) -> int:
+            mask &= live
+            if single:
+                return mask.bit_count()
+            total = 0
+            while mask:
+                low = mask & -mask
+                total += count[low.bit_length() - 1]
+                mask ^= low
+            return total
         for x in lists:
             for end in (x[0], x[-1]):
-                if (net.below[end] & live).bit_count() >= k + 2:      # rank ≥ k + 1
+                if weight(net.below[end]) >= k + 2:             # the value's rank ≥ k + 1
                     x.remove(end)
-                elif (net.above[end] & live).bit_count() >= n - k + 1:   # rank ≤ k − 1
+                elif weight(net.above[end]) >= n - k + 1:       # the value's rank ≤ k − 1
                     x.remove(end)
                     k -= 1
                 else:
@@ -173,8 +189,7 @@ def _eliminate(net: _Net, lists: list, k: int) -> tuple[list, int]:
 
 def _select(net: _Net, lists: list, k: int, rounds: int) -> int:
     """The node holding rank k of the union of sorted lists: `rounds` times sort the
-    index-aligned entries of the lists (the lists stay sorted) and eliminate; then merge.
-    Lists that share nodes (a repeated neighbour) are only merged: the rank bounds count nodes."""
+    index-aligned entries of the lists (the lists stay sorted) and eliminate; then merge."""
     if rounds:
         lists, k = _eliminate(net, lists, k)
     for _ in range(rounds):
@@ -282,11 +297,11 @@ def level_program(m: int, window: tuple, needed: tuple) -> Program:
     window's program is the "first" one with label +1 read as −1 (so both borders of an axis can
     run as one sequence of operations).
 
-    A single rank (the median) of three different lists is selected after 4 or 6 rounds of
-    aligned sorting (fewest operations for every list length up to 27); everything else is merged."""
+    A single rank (the median) is selected after some rounds of aligned sorting (the fewest
+    operations of a few tries); everything else is merged."""
     if window == WINDOWS["last"]:     # the mirror of "first": the same operations (see filters)
         return _relabel(level_program(m, WINDOWS["first"], needed), {0: 0, 1: -1})
-    strategies = (4, 6) if len(needed) == 1 and len(set(window)) == 3 else (0,)
+    strategies = ((4, 6) if len(set(window)) == 3 else (0, 1, 2, 4)) if len(needed) == 1 else (0,)
     return min((_build(m, window, needed, s) for s in strategies), key=lambda p: p.cost)
 
 
