@@ -17,10 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from .contracts import Report, Sink
-from .errors import Interrupted
+from .errors import Interrupted, TensorValueError
 from .kernels import FiniteCheck, Scratch, merge_rows, merge_span, merge_whole, resolve_device, trim_heap
 from .methods import KeyContext
-from .plan import SLOTS, KeyPlan, Plan
+from .plan import SLOTS, KeyPlan, Plan, inputs_text
 
 __all__ = ["execute", "Report", "Sink", "resolve_device", "BATCH_BYTES"]
 
@@ -307,6 +307,9 @@ def execute(plan: Plan, sources: dict, sink: Sink, *, device="cpu", progress=Non
         report.seconds = time.perf_counter() - t0
         report.keys_written = len(work)
         sink.finish(report)
+    except TensorValueError as e:
+        sink.abort()
+        raise e.with_inputs(inputs_text(sources)) from None
     except BaseException:
         sink.abort()
         raise

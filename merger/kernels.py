@@ -19,7 +19,7 @@ import math
 import torch
 
 from .adjust import apply_adjust
-from .errors import AlloyError
+from .errors import AlloyError, TensorValueError
 from .methods import KeyContext
 
 CHUNK = 1 << 20
@@ -72,13 +72,13 @@ class Scratch:
 
 
 def _limit(out_dtype) -> float:
-    return torch.finfo(out_dtype).max if out_dtype in _CHECKABLE else math.inf
+    """The largest magnitude the output dtype holds (fp16, bf16, fp8 …); inf for non-floats."""
+    return torch.finfo(out_dtype).max if out_dtype is not None and out_dtype.is_floating_point else math.inf
 
 
 def _refuse(key: str, finite: bool):
     what = "values too large for the output precision" if finite else "NaN or infinite values"
-    raise AlloyError(f"The merged tensor {key} contains {what} (check the inputs and the weights); "
-                     f"nothing was written.")
+    raise TensorValueError(key, what)
 
 
 class FiniteCheck:

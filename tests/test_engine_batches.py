@@ -109,7 +109,7 @@ def test_bad_value_inside_a_span_names_its_key(tmp_path, value, what):
     a = write_tiny(tmp_path / "a.safetensors", "sd1", seed=1)
     b = write_tiny(tmp_path / "b.safetensors", "sd1", seed=2, edit=edit, dtype=torch.float32)
     out = tmp_path / "o.safetensors"
-    with pytest.raises(AlloyError, match=f"{bad_key.replace('.', '[.]')} contains .*{what}"):
+    with pytest.raises(AlloyError, match=f"{bad_key.replace('.', '[.]')} [(]merging model A .*[)] contains .*{what}"):
         merge_to_file(Recipe(str(a), str(b), alpha=0.9 if value != 1e5 else 1.7, mode="weight_sum"),
                       str(out), device="cpu")
     assert not out.exists()
