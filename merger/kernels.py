@@ -23,7 +23,8 @@ from .errors import AlloyError, TensorValueError
 from .methods import KeyContext
 
 CHUNK = 1 << 20
-HALO_CHUNK = 1 << 22   # rows per chunk of methods with a halo: the halo's share of the work stays small
+HALO_CHUNK = 1 << 22
+SHORT_ROWS = 8         # rows of a row-wise method at most this long go through column-major buffers   # rows per chunk of methods with a halo: the halo's share of the work stays small
 _CHECKABLE = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -144,20 +145,29 @@ class FiniteCheck:
 
 
 def _chunked(fn, srcs: dict, dst: torch.Tensor, *, alpha, beta, gamma, ctx, scratch, check, keys, starts,
-             out_dtype, rows: int = 0) -> None:
-    """Apply fn over aligned chunks of the flat (rows == 0) or 2-D (rows-per-chunk) inputs."""
+             out_dtype, rows: int = 0, columns: bool = False) -> None:
+    """Apply fn over aligned chunks of the flat (rows == 0) or 2-D (rows-per-chunk) inputs.
+    `columns`: the chunk buffers hold 2-D chunks column by column (short rows: each column is one
+    contiguous vector for the kernel, which sees the same values through a transposed view)."""
     cd, dev = scratch.dtype, scratch.device
     n = dst.shape[0]
     step = rows or CHUNK
-    direct_out = dst.dtype == cd and dst.device == dev
+    direct_out = dst.dtype == cd and dst.device == dev and not columns
+
+    def buffer(slot, shape):
+        if columns:
+            return scratch.get(slot, math.prod(shape)).view(shape[1], shape[0]).t()
+        return scratch.get(slot, math.prod(shape)).view(shape)
 
     def piece(slot, v):
-        return v if v.dtype == cd and v.device == dev else scratch.get(slot, v.numel()).view(v.shape).copy_(v)
+        if v.dtype == cd and v.device == dev and not columns:
+            return v
+        return buffer(slot, v.shape).copy_(v)
 
     for s in range(0, n, step):
         e = min(n, s + step)
         part = dst[s:e] if (s, e) != (0, n) else dst
-        out = part if direct_out else scratch.get("out", part.numel()).view(part.shape)
+        out = part if direct_out else buffer("out", part.shape)
         ctx.out = out
         c = srcs.get("c")
         res = fn(piece("a", srcs["a"][s:e]), piece("b", srcs["b"][s:e]), None if c is None else piece("c", c[s:e]),
@@ -192,7 +202,8 @@ def merge_rows(method, kp, t: dict, dst: torch.Tensor, *, gamma, stats, scratch,
     halo = method.halo
     if not halo:
         _chunked(method.fn, srcs, d2, alpha=kp.alpha, beta=kp.beta, gamma=gamma, ctx=ctx, scratch=scratch,
-                 check=check, keys=[kp.key], starts=[0], out_dtype=kp.out_dtype, rows=max(1, CHUNK // width))
+                 check=check, keys=[kp.key], starts=[0], out_dtype=kp.out_dtype, rows=max(1, CHUNK // width),
+                 columns=method.rowwise == "last" and d2.dim() == 2 and 1 < width <= SHORT_ROWS)
         return
     n = d2.shape[0]
     step = max(1, HALO_CHUNK // width)
