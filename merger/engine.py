@@ -20,6 +20,7 @@ from .contracts import Report, Sink
 from .errors import Interrupted, TensorValueError
 from .kernels import FiniteCheck, Scratch, merge_rows, merge_span, merge_whole, resolve_device, trim_heap
 from .methods import KeyContext
+from .multiexec import derived_hit, merge_multi
 from .plan import SLOTS, KeyPlan, Plan, inputs_text
 
 __all__ = ["execute", "Report", "Sink", "resolve_device", "BATCH_BYTES"]
@@ -31,7 +32,7 @@ TRIM_ELEMENTS = 1 << 20
 
 def _needed_slots(plan: Plan, kp) -> tuple:
     if kp.action == "merge":
-        return ("a", "b", "c") if plan.method.needs_c else ("a", "b")
+        return plan.slots
     if kp.action == "stats":
         return ("a", "b")
     return {"keep_a": ("a",), "copy_b": ("b",)}.get(kp.action, ())
@@ -47,8 +48,8 @@ class _Reader:
     a key bigger than a batch is read into memory of its own, freed once it is merged (so the
     buffers stay at BATCH_BYTES instead of two copies of the biggest key per source)."""
 
-    def __init__(self, plan: Plan, sources: dict, items: list):
-        self.plan, self.sources, self.items = plan, sources, items
+    def __init__(self, plan: Plan, sources: dict, items: list, derived=None):
+        self.plan, self.sources, self.items, self.derived = plan, sources, items, derived
         buffered = [s for s in SLOTS if s in sources and not getattr(sources[s], "shared_tensors", False)]
         self.batches, self.layout, sizes = [], [], {s: 0 for s in buffered}
         start, used, out = 0, {s: 0 for s in buffered}, 0
@@ -87,7 +88,10 @@ class _Reader:
         out = []
         for kp, offsets in zip(self.items[start:end], self.layout[b]):
             t = {}
-            for slot in _needed_slots(self.plan, kp):
+            hit, slots = derived_hit(self.plan, kp, self.derived, _needed_slots(self.plan, kp))
+            if hit is not None:                  # a multi-model key's alpha-independent step, cached
+                t["derived"] = hit
+            for slot in slots:
                 if slot in offsets:
                     off, n = offsets[slot]
                     t[slot] = self.sources[slot].read(kp.key, bufs[slot][off:off + n])
@@ -140,8 +144,9 @@ def _plain(kp, tensors) -> torch.Tensor:
 
 
 class _Executor:
-    def __init__(self, plan: Plan, sink: Sink, device, report: Report, progress, should_stop, total: int):
-        self.plan, self.sink, self.device, self.report = plan, sink, device, report
+    def __init__(self, plan: Plan, sink: Sink, device, report: Report, progress, should_stop, total: int,
+                 derived=None):
+        self.plan, self.sink, self.device, self.report, self.derived = plan, sink, device, report, derived
         self.progress, self.should_stop, self.total, self.done = progress, should_stop, total, 0
         self.scratch = Scratch(plan.compute_dtype, device)
         self.check = FiniteCheck(defer=torch.device(device).type != "cpu")
@@ -153,6 +158,8 @@ class _Executor:
             return "copy"
         if kp.action != "merge":
             return "plain"
+        if m.multi is not None:
+            return "multi"
         if kp.channels or kp.adjust or t["a"].dim() == 0:
             return "whole"
         return "ew" if m.elementwise else ("rows" if m.rowwise else "whole")
@@ -210,6 +217,11 @@ class _Executor:
         plan = self.plan
         if kind in ("copy", "plain"):
             res = _plain(kp, t)
+        elif kind == "multi":
+            res = merge_multi(plan, kp, t, tg, self.device, self.derived,
+                              lambda key, r, dtype: self.check.add([key], [0], r, dtype))
+            if tg is not None and res.data_ptr() == tg.data_ptr():
+                return tg
         elif kind in ("ew", "rows"):
             tg = tg if tg is not None else torch.empty(kp.shape, dtype=kp.out_dtype)
             if kind == "ew":
@@ -286,8 +298,11 @@ def _prepass(plan: Plan, sources: dict, device, progress, should_stop) -> None:
 
 
 def execute(plan: Plan, sources: dict, sink: Sink, *, device="cpu", progress=None, should_stop=None,
-            only_keys=None) -> Report:
-    """Produce every planned key (or only `only_keys`) through `sink`. Aborts the sink on any error."""
+            only_keys=None, derived=None) -> Report:
+    """Produce every planned key (or only `only_keys`) through `sink`. Aborts the sink on any error.
+
+    `derived` (optional, `merger.cache.DerivedStore`): where multi-model merges keep and find their
+    alpha-independent intermediate tensors, so a sweep over alpha does not redo them."""
     t0 = time.perf_counter()
     device = resolve_device(device)
     report = Report(recipe=plan.recipe)
@@ -297,10 +312,10 @@ def execute(plan: Plan, sources: dict, sink: Sink, *, device="cpu", progress=Non
         sink.begin(plan)
         if plan.method.prepass is not None and any(kp.action == "merge" for kp in work):
             _prepass(plan, sources, device, progress, should_stop)
-        run = _Executor(plan, sink, device, report, progress, should_stop, len(work))
+        run = _Executor(plan, sink, device, report, progress, should_stop, len(work), derived)
         if should_stop is not None and should_stop():
             raise Interrupted("The merge was stopped; nothing was changed.")
-        reader = _Reader(plan, sources, work)
+        reader = _Reader(plan, sources, work, derived)
         for batch in reader:
             run.run_batch(batch)
         run.check.flush()

@@ -68,6 +68,7 @@ class Method:
     rowwise: str | None = None
     uses_key: bool = False
     halo: int = 0
+    heavy: bool = False         # no method needs worker processes any more (kept: callers read it)
     check: Callable[[float, float, float], None] | None = None
     summary: str = ""
     multi: object | None = None    # merger.methods.multi.MultiKernel for the multi-model modes
