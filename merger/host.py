@@ -22,9 +22,10 @@ class Host:
     def refresh_models(self) -> None: pass
     def resolve_model(self, name: str) -> str: raise AlloyError(f"Unknown model {shown(name)}.")
     def models_dir(self) -> str: return os.getcwd()
-    def live_model(self): return None
+    def live_model(self): return None     # a live_module.LiveModel or a torch.nn.Module
     def loaded_model_path(self) -> str | None: return None
-    def load_model(self, path: str) -> None: raise AlloyError("There is no model loader here.")
+    def load_model(self, path: str) -> None:
+        raise AlloyError("No model is loaded to merge into; use a file merge instead.")
     def should_stop(self) -> bool: return False
     def job_begin(self, title: str) -> None: pass
     def job_progress(self, done: int, total: int, key: str) -> None: pass

@@ -19,7 +19,7 @@ from .dice import roll_for_sources
 from .errors import AlloyError, Interrupted
 from .history import History
 from .host import MODEL_EXTS, Host, StandaloneHost, same_file  # noqa: F401 (the session's public names)
-from .live import LiveSink, LiveState, owner_map, restore as restore_keys
+from .live import LiveSink, LiveState, as_live, restore as restore_keys
 from .locate import Finder, folder_candidates, needed_slots
 from .paths import input_file, output_file, shown
 from .recipe import MODEL_SLOTS, Recipe
@@ -166,16 +166,15 @@ class Session:
             resolved, _, notes = self.locate(recipe)
             resolved.validate()
             work = resolved.replace(hashes={})     # hashes are the record's, computed below
-            model = self.host.live_model()
-            if model is None:
-                raise AlloyError("No model is loaded to merge into; use a file merge instead.")
             sources = self._open(work)
             work = roll_for_sources(work, sources)      # random block weights drawn once, recorded
             plan = build_plan(work, sources)
             if not same_file(self.host.loaded_model_path(), work.model_a):
+                self.live = None       # hold nothing of the old model while the host loads A
                 self.host.load_model(work.model_a)
-                self.live = None
-                model = self.host.live_model()
+            model = as_live(self.host.live_model())
+            if model is None:
+                raise AlloyError(f"The WebUI could not load {shown(work.model_a)} as the merge base (model A).")
             state = self.live if self.live is not None and same_file(self.live.base_path, work.model_a) \
                 else LiveState(work.model_a)
             fids = {s: src.fid for s, src in sources.items()}
@@ -187,12 +186,12 @@ class Session:
                 return report
             if state.fids != fids:
                 state.signatures.clear()
-            owners = owner_map(model)
+            targets = model.targets([kp.key for kp in plan.items] + list(state.originals))
             sigs = {kp.key: plan.signature(kp.key) for kp in plan.items
-                    if kp.action != "keep_a" and kp.key in owners}
+                    if kp.action != "keep_a" and kp.key in targets}
             todo = {k for k, sig in sigs.items() if state.signatures.get(k) != sig}
             back = [k for k in state.originals if k not in plan or plan[k].action == "keep_a"]
-            sink = LiveSink(model, state, sources["a"])
+            sink = LiveSink(targets, state, sources["a"], back)
             hits0 = self.cache.stats().hits
             hashing = _hash_inputs(work, {os.path.realpath(c.path): c.sha256 for c in self.host.model_candidates()
                                           if c.sha256 and len(c.sha256) == 64})
@@ -203,11 +202,11 @@ class Session:
                 if progress is not None:
                     progress(done, total, key)
             try:
-                restore_keys(model, state, sources["a"], back)
                 derived = self.cache.derived(tuple(fids[s] for s in sorted(fids)))
-                report = execute(plan, sources, sink, device=self.settings.compute_device,
-                                 progress=on_progress, should_stop=self._should_stop, only_keys=todo,
-                                 derived=derived if plan.method.multi is not None else None)
+                with model.writing():
+                    report = execute(plan, sources, sink, device=self.settings.compute_device,
+                                     progress=on_progress, should_stop=self._should_stop, only_keys=todo,
+                                     derived=derived if plan.method.multi is not None else None)
             except BaseException as e:
                 self._abandon(model, state, sources["a"])
                 if isinstance(e, Interrupted):
@@ -243,7 +242,7 @@ class Session:
     def restore(self) -> str:
         """Put the loaded checkpoint's original weights back, bit-exactly."""
         with self._exclusive():
-            state, model = self.live, self.host.live_model()
+            state, model = self.live, as_live(self.host.live_model())
             if state is None or not state.dirty or model is None:
                 self.live = None if state is None else state
                 self.last_message = "The loaded model already has its original weights."

@@ -1,0 +1,162 @@
+"""Where each checkpoint key lives in a loaded model (`Target`), and reading/writing it.
+
+A host (merger/webui.py, merger/forge.py) hands the live machinery (merger/live.py) a map
+checkpoint key → Target. A Target names the live tensor(s) by (module, attribute), looked up at
+every use because WebUI memory managers and LoRA loaders swap Parameters, and says how the
+checkpoint's tensor becomes them:
+
+  - one slot, same layout: the common case (A1111's module tree; Forge's UNet, VAE, CLIP-L);
+  - several slots: the file tensor is their row-wise concatenation (open_clip's fused
+    `attn.in_proj_*` is Hugging Face's q_proj, k_proj, v_proj);
+  - `transpose`: the live tensor is the file tensor transposed (open_clip `text_projection` is
+    HF `text_projection.weight`);
+  - `via`: the WebUI's loader rounds the file tensor through this dtype before the live one
+    (Forge keeps CLIP token/position embeddings in fp32 after loading them as fp16; A1111 casts
+    fp8 weights from the half model);
+  - `refuse`: a sentence why the tensor cannot be written (quantised storage), else None."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+CONVERSIONS = ("cast", "via_fp16")
+_VIA = {"cast": None, "via_fp16": torch.float16}
+
+
+@dataclass(frozen=True, eq=False)
+class Target:
+    slots: tuple[tuple[torch.nn.Module, str], ...]
+    transpose: bool = False
+    via: torch.dtype | None = None
+    refuse: str | None = None
+
+    def tensors(self) -> list[torch.Tensor]:
+        """The live tensors now (one per slot)."""
+        return [getattr(m, a) for m, a in self.slots]
+
+    @property
+    def shape(self) -> tuple:
+        """The tensor's shape in the checkpoint's layout."""
+        ts = self.tensors()
+        if len(ts) > 1:
+            return (sum(int(t.shape[0]) for t in ts), *ts[0].shape[1:])
+        shape = tuple(ts[0].shape)
+        return shape[::-1] if self.transpose else shape
+
+
+def single(module: torch.nn.Module, attr: str, via: torch.dtype | None = None) -> Target:
+    return Target(((module, attr),), via=via)
+
+
+# ---- a module tree's own names --------------------------------------------------------------
+def checkpoint_name(name: str) -> str:
+    """The checkpoint key of module path `name`: WebUIs wrap the text encoder and its token
+    embedding in modules that hold the original as `.wrapped` (A1111's hijack:
+    `cond_stage_model.wrapped.transformer…token_embedding.wrapped.weight` is checkpoint key
+    `cond_stage_model.transformer…token_embedding.weight`; Forge's textual-inversion wrapper), so
+    every `wrapped` segment is dropped."""
+    return ".".join(part for part in name.split(".") if part != "wrapped")
+
+
+def owner_map(model: torch.nn.Module) -> dict[str, tuple[torch.nn.Module, str]]:
+    """name → (module, attribute) for every parameter and persistent buffer (what load_state_dict
+    loads; tied ones under each name; names inside `wrapped` hijack modules under their
+    checkpoint name too, see checkpoint_name)."""
+    out, aliases = {}, {}
+    for mname, module in model.named_modules(remove_duplicate=False):
+        prefix = mname + "." if mname else ""
+        skip = getattr(module, "_non_persistent_buffers_set", ())
+        for table in (module._parameters, module._buffers):
+            for attr, t in table.items():
+                if t is not None and not (table is module._buffers and attr in skip):
+                    out[prefix + attr] = (module, attr)
+                    aliases.setdefault(checkpoint_name(prefix + attr), (module, attr))
+    for key, owner in aliases.items():
+        out.setdefault(key, owner)
+    return out
+
+
+# ---- conversions ------------------------------------------------------------------------------
+def bitwise_equal(x: torch.Tensor, y: torch.Tensor) -> bool:
+    """Same dtype, shape and bytes (NaNs compare by bit pattern)."""
+    if x.dtype != y.dtype or tuple(x.shape) != tuple(y.shape):
+        return False
+    if x.numel() == 0:
+        return True
+    y = y.to(x.device)
+    return torch.equal(x.contiguous().reshape(-1).view(torch.uint8), y.contiguous().reshape(-1).view(torch.uint8))
+
+
+def convert(a: torch.Tensor, via: torch.dtype | None, dtype: torch.dtype, device) -> torch.Tensor:
+    """File tensor → live representation: a.to(dtype), rounded through `via` first when given."""
+    if via is not None and via != dtype and a.is_floating_point() and dtype.is_floating_point:
+        a = a.to(device=device, dtype=via)
+    return a.to(device=device, dtype=dtype)
+
+
+def parts(t: Target, x: torch.Tensor) -> list[torch.Tensor]:
+    """File-layout tensor `x` as one tensor per slot (rows split, transposed)."""
+    if t.transpose:
+        x = x.t()
+    if len(t.slots) == 1:
+        return [x]
+    return list(torch.split(x, [int(live.shape[0]) for live in t.tensors()], dim=0))
+
+
+def direct(t: Target) -> torch.Tensor | None:
+    """The live tensor itself when a result may be computed straight into it (one slot in the
+    file's layout, no rounding step, contiguous, in memory), else None."""
+    if len(t.slots) != 1 or t.transpose:
+        return None
+    live = t.tensors()[0]
+    if (t.via is not None and t.via != live.dtype) or not live.is_contiguous() or live.device.type == "meta":
+        return None
+    return live.data
+
+
+def write(t: Target, x: torch.Tensor, via: torch.dtype | None = None) -> None:
+    """Put file-layout tensor `x` into the live tensors (rounded through `via` when given).
+    Callers hold no_grad / inference_mode (the host's writing() context)."""
+    for live, p in zip(t.tensors(), parts(t, x)):
+        if p is not live and p.data_ptr() != live.data_ptr():
+            live.data.copy_(convert(p, via, live.dtype, live.device))
+
+
+def put_back(t: Target, kept: tuple) -> None:
+    """Restore raw copies taken by `keep`."""
+    for live, k in zip(t.tensors(), kept):
+        live.data.copy_(k)
+
+
+def keep(t: Target) -> tuple:
+    """CPU copies of the live tensors (for an exact restore when no file reproduces them)."""
+    return tuple(live.detach().to("cpu", copy=True) for live in t.tensors())
+
+
+def matching_via(t: Target, a: torch.Tensor | None):
+    """(True, via) when file tensor `a` converted through `via` (None = plain cast) equals the
+    live tensors bit for bit — the target's own conversion first — else (False, None)."""
+    if a is None or tuple(a.shape) != t.shape:
+        return False, None
+    lives = t.tensors()
+    for via in dict.fromkeys((t.via, None, torch.float16)):
+        if via is not None and (not a.is_floating_point() or all(live.dtype == via for live in lives)):
+            continue
+        try:
+            if all(bitwise_equal(live, convert(p, via, live.dtype, live.device))
+                   for live, p in zip(lives, parts(t, a))):
+                return True, via
+        except (RuntimeError, TypeError):
+            continue
+    return False, None
+
+
+def reproducing_conversion(a: torch.Tensor | None, live: torch.Tensor) -> str | None:
+    """The conversion name ("cast", "via_fp16") of file tensor `a` that equals `live` bitwise, or None."""
+    holder = torch.nn.Module()
+    holder.register_buffer("x", live)
+    ok, via = matching_via(single(holder, "x"), a)
+    if not ok:
+        return None
+    return next(name for name, v in _VIA.items() if v == via)
