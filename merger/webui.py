@@ -75,21 +75,21 @@ class WebUIHost(Host):
         from modules import shared
         return getattr(shared.cmd_opts, "lora_dir", None) or os.path.join(shared.models_path, "Lora")
 
-    def live_model(self):
+    def sd_model(self):
+        """The WebUI's loaded model object (carries the checkpoint info), or None."""
         from modules import shared
         return shared.sd_model
 
+    def live_model(self):
+        return self.sd_model()
+
     def loaded_model_path(self) -> str | None:
-        return getattr(self.live_model(), "sd_model_checkpoint", None)
+        return getattr(self.sd_model(), "sd_model_checkpoint", None)
 
     def load_model(self, path: str) -> None:
         """Load checkpoint `path` through the WebUI (reload_model_weights)."""
         from modules import sd_models
-        info = next((i for i in sd_models.checkpoints_list.values() if same_file(i.filename, path)), None)
-        if info is None:
-            info = sd_models.CheckpointInfo(path)
-            info.register()
-        sd_models.reload_model_weights(info=info)
+        sd_models.reload_model_weights(info=checkpoint_info(path))
         if not same_file(self.loaded_model_path(), path):
             raise AlloyError(f"The WebUI could not load {path} as the merge base (model A).")
 
@@ -130,7 +130,7 @@ class WebUIHost(Host):
     def on_live_changed(self, recipe) -> None:
         """Show the merge as the model's checkpoint info (name, recipe hash); put the real one back
         when `recipe` is None. The filename stays A's so the WebUI does not reload A."""
-        model = self.live_model()
+        model = self.sd_model()
         if model is None:
             return
         if self._real_info is not None and self._real_info[0] is not model:
@@ -150,6 +150,19 @@ class WebUIHost(Host):
 
     def forget(self) -> None:
         self._real_info = None
+
+    def read_settings(self) -> Settings:
+        return read_settings()
+
+
+def checkpoint_info(path: str):
+    """The WebUI's CheckpointInfo of file `path` (registered when it is not in the list yet)."""
+    from modules import sd_models
+    info = next((i for i in sd_models.checkpoints_list.values() if same_file(i.filename, path)), None)
+    if info is None:
+        info = sd_models.CheckpointInfo(path)
+        info.register()
+    return info
 
 
 def merged_checkpoint_info(real, recipe):
@@ -303,16 +316,17 @@ def mount_api(session, app) -> None:
     app.include_router(create_router(session, dependencies=api_dependencies(app)))
 
 
-def register(data_dir: str | None = None):
+def register(data_dir: str | None = None, host_class=WebUIHost):
     """Create the session (or take over the one of the loaded model after "Reload UI") and register
     every callback; returns the always-visible Script class.
-    History lives in `data_dir`, else $ALLOY_DATA_DIR (tests), else the extension's data/ folder."""
+    History lives in `data_dir`, else $ALLOY_DATA_DIR (tests), else the extension's data/ folder.
+    `host_class`: the WebUI's Host (merger/forge.py passes Forge's)."""
     from modules import script_callbacks
     session = session_of_loaded_model()
     if session is None:
-        host = WebUIHost()
+        host = host_class()
         data_dir = data_dir or os.environ.get(DATA_DIR_ENV) or os.path.join(EXT_ROOT, "data")
-        session = Session(host, data_dir, read_settings(), settings_source=read_settings)
+        session = Session(host, data_dir, host.read_settings(), settings_source=host.read_settings)
         host.session = session
 
     def on_model_loaded(sd_model):
