@@ -26,7 +26,7 @@ import torch
 from .errors import AlloyError
 from .forge_keys import encoder_of, is_embedding, live_name
 from .live_module import LiveModel
-from .live_targets import Target, owner_map
+from .live_targets import Target, checkpoint_name, owner_map
 from .session import same_file
 from .settings import Settings
 from .webui import WebUIHost, checkpoint_info, read_settings, register as register_webui
@@ -99,7 +99,7 @@ def _storage_dtype(table: dict, name: str) -> torch.dtype | None:
     floating weights (Forge's loader rounds the embeddings through it before making them fp32)."""
     enc = encoder_of(name) + "."
     for n, (module, attr) in table.items():
-        if n.startswith(enc) and not is_embedding(n) and attr == "weight":
+        if n.startswith(enc) and not is_embedding(checkpoint_name(n)) and attr == "weight":
             t = getattr(module, attr)
             if t is not None and t.is_floating_point() and _quantised(t) is None:
                 return t.dtype

@@ -46,7 +46,8 @@ def sd2_state_dict(seed: int, dtype=torch.float16) -> dict:
     """SD2 checkpoint: the SD1 UNet/VAE layout plus OpenCLIP-H (tests/test_arch.py key list), hidden 6."""
     from tests.fixtures import tiny_state_dict
     from tests.test_arch import _sd2_keys
-    sd = {k: v for k, v in tiny_state_dict("sd1", seed, dtype).items() if not k.startswith("cond_stage_model.")}
+    sd = {k: v for k, v in tiny_state_dict("sd1", seed, dtype, default_only=False).items()
+          if not k.startswith("cond_stage_model.")}
     g = torch.Generator().manual_seed(seed)
     h = 6
     for key in _sd2_keys():

@@ -20,7 +20,7 @@ class UnloadedLinear(torch.nn.Module):
 
     def __init__(self, dtype):
         super().__init__()
-        self.dummy = torch.nn.Parameter(torch.empty(1, dtype=dtype), requires_grad=False)
+        self.dummy = torch.nn.Parameter(torch.zeros(1, dtype=dtype), requires_grad=False)
         self.weight = None
         self.scale_weight = None
         self.bias = None
