@@ -1,5 +1,6 @@
-"""The one adapter to AUTOMATIC1111's WebUI (v1.10.1): the only module of merger/ that imports
-`modules.*`, and only inside functions. `register()` is called by scripts/alloy.py."""
+"""The adapter to AUTOMATIC1111's WebUI (v1.10.1); imports `modules.*` only inside functions.
+`register()` is called by scripts/alloy.py. Stable Diffusion WebUI Forge's adapter
+(merger/forge.py) extends its Host and reuses its registration."""
 from __future__ import annotations
 
 import contextlib
@@ -7,6 +8,7 @@ import copy
 import hashlib
 import json
 import os
+import weakref
 
 from .errors import AlloyError
 from .locate import Candidate
@@ -26,7 +28,7 @@ class WebUIHost(Host):
     """The WebUI's checkpoints, loaded model, shared.state progress and checkpoint info."""
 
     def __init__(self):
-        self._real_info = None     # (model, CheckpointInfo, sd_model_hash) while a merge is live
+        self._real_info = None     # (weakref to model, CheckpointInfo, sd_model_hash) while a merge is live
         self._saved_state = None
         self.session = None        # set by register(); tagged onto the model it merges into
 
@@ -133,7 +135,7 @@ class WebUIHost(Host):
         model = self.sd_model()
         if model is None:
             return
-        if self._real_info is not None and self._real_info[0] is not model:
+        if self._real_info is not None and self._real_info[0]() is not model:
             self._real_info = None
         if recipe is None:
             if self._real_info is not None:
@@ -144,7 +146,8 @@ class WebUIHost(Host):
         if self.session is not None:
             setattr(model, SESSION_ATTR, self.session)     # survives "Reload UI", see register()
         if self._real_info is None:
-            self._real_info = (model, model.sd_checkpoint_info, getattr(model, "sd_model_hash", None))
+            # a weak reference: the WebUI must be able to free this model when it loads another one
+            self._real_info = (weakref.ref(model), model.sd_checkpoint_info, getattr(model, "sd_model_hash", None))
         model.sd_checkpoint_info = merged_checkpoint_info(self._real_info[1], recipe)
         model.sd_model_hash = model.sd_checkpoint_info.shorthash
 

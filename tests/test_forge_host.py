@@ -61,6 +61,7 @@ def test_another_checkpoint_ends_the_merge_and_nothing_keeps_the_old_engine(forg
     assert session.cache.stats().bytes > 0
     old = weakref.ref(w.shared.sd_model)
     load_checkpoint(w.paths["b"])
+    assert w.sd_models.freed_before_load["last"] is True       # Forge could free A before loading B
     assert session.live is None and session.status()["merged"] is False
     assert session.cache.stats().bytes == 0
     gc.collect()

@@ -3,8 +3,10 @@ select_checkpoint: taken from the A1111 stand-in), Forge's SdModelData (FakeInit
 first load, forge_loading_parameters, forge_hash) and forge_model_reload() (inference_mode; drops
 the old engine, forge_loader, sets sd_checkpoint_info / filename / sd_model_hash, fires
 model_loaded). load_model / reload_model_weights are no-ops, as in Forge."""
+import gc
 import importlib.util
 import os
+import weakref
 
 import torch
 
@@ -20,6 +22,7 @@ CheckpointInfo, checkpoints_list, checkpoint_aliases = _a1111.CheckpointInfo, _a
 list_models, checkpoint_tiles = _a1111.list_models, _a1111.checkpoint_tiles
 get_closet_checkpoint_match, select_checkpoint = _a1111.get_closet_checkpoint_match, _a1111.select_checkpoint
 load_count = {"n": 0}
+freed_before_load = {"last": None}
 
 
 class FakeInitialModel:
@@ -60,8 +63,11 @@ def forge_model_reload():
     if model_data.forge_hash == current_hash:
         return model_data.sd_model, False
     if model_data.sd_model:
+        old = weakref.ref(model_data.sd_model)
         model_data.sd_model = None
         memory_management.unload_all_models()
+        gc.collect()
+        freed_before_load["last"] = old() is None     # tests: nobody else kept the old engine alive
     checkpoint_info = model_data.forge_loading_parameters["checkpoint_info"]
     sd_model = forge_loader(checkpoint_info.filename)
     sd_model.sd_checkpoint_info = checkpoint_info
