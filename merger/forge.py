@@ -71,7 +71,7 @@ class ForgeLive(LiveModel):
         out = {}
         for key in keys:
             where = live_name(key)
-            table = owners.get(where.component) if where is not None else None
+            table = owners.get(where.component)
             if table is None or any(n not in table for n in where.names):
                 continue
             slots = tuple(table[n] for n in where.names)

@@ -14,7 +14,8 @@ Forge (`backend/loader.py` split_state_dict, huggingface_guess `model_list` /
 open_clip → HF: `positional_embedding`, `token_embedding.weight`, `ln_final.*`, resblocks'
 `ln_1/ln_2/mlp.c_fc/mlp.c_proj/attn.out_proj` are renamed; `attn.in_proj_{weight,bias}` is split
 row-wise into q/k/v; `text_projection` is transposed into `text_projection.weight`. Other keys
-(schedule buffers, `v_pred`, EMA, …) have no live tensor."""
+(schedule buffers, `v_pred`, EMA, …) have no live tensor; keys of a bare Flux transformer file
+are the UNet's own names."""
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -51,15 +52,17 @@ EMBEDDINGS = ("embeddings.token_embedding.weight", "embeddings.position_embeddin
               "transformer.shared.weight")
 
 
-def live_name(key: str) -> LiveName | None:
-    """Where Forge keeps checkpoint key `key`, or None when its loader drops it."""
+def live_name(key: str) -> LiveName:
+    """Where Forge would keep checkpoint key `key` (the name may not exist in the loaded model)."""
     for prefix, enc in _OPEN_CLIP:
         if key.startswith(prefix):
             return _open_clip(key[len(prefix):], enc)
     for prefix, comp, live in _PREFIXES:
         if key.startswith(prefix):
             return LiveName(comp, (live + key[len(prefix):],))
-    return None
+    # A bare transformer file (Flux): Forge's loader prefixes every key with model.diffusion_model.
+    # Other unprefixed keys (schedule buffers, EMA, v_pred) name no tensor of the UNet either.
+    return LiveName("unet", ("diffusion_model." + key,))
 
 
 def _open_clip(rest: str, enc: str) -> LiveName:

@@ -22,16 +22,19 @@ NO_LIVE = {
     "sd2": SCHEDULE | {k for k in _sd2_keys() if k.startswith("model_ema.")},
     "sdxl": {"conditioner.embedders.0.transformer.text_model.embeddings.position_ids"},
     "flux": set(),
+    "flux_bare": set(),
 }
 
 
 def _real_keys(arch):
     if arch == "sd2":
         return set(_sd2_keys())
+    if arch == "flux_bare":
+        return {k for k, _, _ in layout_keys("flux", bare=True)}
     return {k for k, _, _ in layout_keys(arch)}
 
 
-@pytest.mark.parametrize("arch", ["sd1", "sd2", "sdxl", "flux"])
+@pytest.mark.parametrize("arch", ["sd1", "sd2", "sdxl", "flux", "flux_bare"])
 def test_every_layout_key_maps_to_what_forge_loaded(forge, tmp_path, arch):
     from merger.forge import ForgeLive
     from merger.live_targets import convert, parts
@@ -65,7 +68,7 @@ def test_open_clip_keys_become_hugging_face_names():
         "clip_l.transformer.text_model.encoder.layers.0.mlp.fc1.weight",)          # old SD1 files
     assert live_name("text_encoders.t5xxl.transformer.shared.weight").names == ("t5xxl.transformer.shared.weight",)
     assert live_name("vae.decoder.conv_in.weight") == ("vae", ("decoder.conv_in.weight",), False)
-    assert live_name("model_ema.decay") is None and live_name("v_pred") is None
+    assert live_name("double_blocks.0.img_attn.qkv.weight").names == ("diffusion_model.double_blocks.0.img_attn.qkv.weight",)
 
 
 def test_the_text_projection_of_sdxl_is_written_transposed(forge, tmp_path):

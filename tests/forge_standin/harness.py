@@ -64,6 +64,8 @@ def sd2_state_dict(seed: int, dtype=torch.float16) -> dict:
 
 def state_dict(arch: str, seed: int, dtype=torch.float16) -> dict:
     from tests.fixtures import tiny_state_dict
+    if arch == "flux_bare":
+        return tiny_state_dict("flux", seed, dtype, bare=True)
     return sd2_state_dict(seed, dtype) if arch == "sd2" else tiny_state_dict(arch, seed, dtype)
 
 
