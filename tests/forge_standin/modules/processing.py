@@ -5,39 +5,23 @@ extra networks (prompt LoRAs: networks.load_networks), forge_objects = after_app
 conditioning (CLIP patcher loaded: its LoRAs refreshed; text engines turn embeddings to fp32),
 sampling (UNet patcher loaded), decoding (VAE patcher loaded). The "image" is every tensor the
 components hold at sampling time, by component and live name."""
+import importlib.util
+import os
+
 import torch
 
 from modules import scripts, sd_models, shared  # noqa: F401
 
+_spec = importlib.util.spec_from_file_location(
+    "modules._a1111_processing", os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "webui_standin",
+                                               "modules", "processing.py"))
+_a1111 = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_a1111)
+# the processing object (its `loras`: [(name, multiplier)], the prompt's <lora:name:multiplier>),
+# Processed and the infotext are A1111's
+StableDiffusionProcessing, Processed, create_infotext = (_a1111.StableDiffusionProcessing, _a1111.Processed,
+                                                         _a1111.create_infotext)
 need_global_unload = False
-
-
-class StableDiffusionProcessing:
-    def __init__(self, prompt="", seed=-1, loras=(), scripts_runner=None):
-        self.prompt = prompt
-        self.seed = seed
-        self.loras = list(loras)        # [(name, multiplier)], the prompt's <lora:name:multiplier>
-        self.extra_generation_params = {}
-        self.override_settings = {}
-        self.scripts = scripts_runner
-        self.script_args = ()
-        self.sd_model_name = None
-        self.sd_model_hash = None
-        self.styles = []
-
-
-class Processed:
-    def __init__(self, p, infotext, image):
-        self.images = [] if image is None else [image]
-        self.seed = p.seed
-        self.prompt = p.prompt
-        self.infotexts = [infotext]
-
-
-def create_infotext(p):
-    fields = {"Seed": p.seed, "Model hash": p.sd_model_hash, "Model": p.sd_model_name}
-    fields.update(p.extra_generation_params)
-    return ", ".join(f"{k}: {v}" for k, v in fields.items() if v is not None)
 
 
 def manage_model_and_prompt_cache(p):
