@@ -10,7 +10,7 @@ import os
 
 import torch
 
-from modules import scripts, sd_models, shared  # noqa: F401
+from modules import sd_models, shared
 
 _spec = importlib.util.spec_from_file_location(
     "modules._a1111_processing", os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "webui_standin",
