@@ -68,8 +68,8 @@ def create_app(session):
     demo = build_tab(session, live=False, css=style_css())
     try:
         demo.queue(concurrency_count=4)      # gradio 3.x: Stop must not wait behind a merge
-    except (TypeError, DeprecationWarning):  # gradio 4 refuses concurrency_count (4.40 raises the warning)
-        demo.queue()
+    except (TypeError, DeprecationWarning):  # gradio 4 refuses concurrency_count (4.40: DeprecationWarning)
+        demo.queue(default_concurrency_limit=4)
     return gr.mount_gradio_app(app, demo, path="/")
 
 
