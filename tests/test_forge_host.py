@@ -104,3 +104,16 @@ def test_rest_api_merges_and_restores(forge, tmp_path):
     assert diff_keys(original, generate().images[0])
     assert c.post("/alloy/v1/restore").status_code == 200
     assert not diff_keys(original, generate().images[0])
+
+
+def test_cache_budget_is_capped_to_the_ram_free_beside_forge(forge, tmp_path, monkeypatch):
+    import sys
+    import types
+    w = make_world(tmp_path)
+    cls, session = _register(w)
+    w.shared.opts.data["alloy_cache_gb"] = 4
+    for free_gib, budget_gib in ((100, 4), (5, 2), (2, 0)):
+        vm = types.SimpleNamespace(available=free_gib << 30)
+        monkeypatch.setitem(sys.modules, "psutil", types.SimpleNamespace(virtual_memory=lambda vm=vm: vm))
+        session.restore()                                # every action re-reads the settings
+        assert session.cache.stats().budget == budget_gib << 30
