@@ -7,7 +7,6 @@ from safetensors.torch import load_file
 
 from merger.forge_keys import live_name
 from tests.fixtures import layout_keys
-from tests.test_arch import _sd2_keys
 from tests.forge_standin.harness import make_world
 from tests.webui_standin.harness import same_bits
 
@@ -19,7 +18,7 @@ SCHEDULE = {"alphas_cumprod", "alphas_cumprod_prev", "betas", "log_one_minus_alp
 # position_ids (a non-persistent buffer of transformers' CLIPTextEmbeddings), EMA weights.
 NO_LIVE = {
     "sd1": SCHEDULE | {"cond_stage_model.transformer.text_model.embeddings.position_ids"},
-    "sd2": SCHEDULE | {k for k in _sd2_keys() if k.startswith("model_ema.")},
+    "sd2": SCHEDULE,
     "sdxl": {"conditioner.embedders.0.transformer.text_model.embeddings.position_ids"},
     "flux": set(),
     "flux_bare": set(),
@@ -27,8 +26,6 @@ NO_LIVE = {
 
 
 def _real_keys(arch):
-    if arch == "sd2":
-        return set(_sd2_keys())
     if arch == "flux_bare":
         return {k for k, _, _ in layout_keys("flux", bare=True)}
     return {k for k, _, _ in layout_keys(arch)}

@@ -1,6 +1,6 @@
 """Puts the Forge stand-in first on sys.path (its `modules`, `backend`, `modules_forge`, `networks`)
 and builds a fresh "Forge" world per test: tiny A/B/C checkpoints with real key names of an
-architecture (tests/fixtures.py layouts; SD2 from tests/test_arch.py), model A loaded the Forge way
+architecture (tests/fixtures.py, merger/layouts), model A loaded the Forge way
 (lazily, by the first generation). `forge_world` swaps the stand-in in and out of sys.modules, so
 the A1111 stand-in's tests (whose `modules` has the same name) keep working in the same run."""
 from __future__ import annotations
@@ -42,31 +42,12 @@ def installed():
         sys.path[:] = path
 
 
-def sd2_state_dict(seed: int, dtype=torch.float16) -> dict:
-    """SD2 checkpoint: the SD1 UNet/VAE layout plus OpenCLIP-H (tests/test_arch.py key list), hidden 6."""
-    from tests.fixtures import tiny_state_dict
-    from tests.test_arch import _sd2_keys
-    sd = {k: v for k, v in tiny_state_dict("sd1", seed, dtype, default_only=False).items()
-          if not k.startswith("cond_stage_model.")}
-    g = torch.Generator().manual_seed(seed)
-    h = 6
-    for key in _sd2_keys():
-        if not key.startswith("cond_stage_model.model."):
-            continue
-        leaf = key.rsplit(".", 2)[-2:]
-        shape = {"in_proj_weight": (3 * h, h), "in_proj_bias": (3 * h,), "logit_scale": (),
-                 "positional_embedding": (9, h), "text_projection": (h, h + 2)}.get(leaf[-1])
-        if shape is None:
-            shape = (h, h) if leaf[-1] == "weight" and leaf[0] not in ("ln_1", "ln_2", "ln_final") else (h,)
-        sd[key] = (torch.randn(shape, generator=g) * 0.5 + 0.1).to(dtype)
-    return sd
-
-
 def state_dict(arch: str, seed: int, dtype=torch.float16) -> dict:
+    """A tiny checkpoint of `arch` ("flux_bare": a bare Flux transformer file) with real key names."""
     from tests.fixtures import tiny_state_dict
     if arch == "flux_bare":
         return tiny_state_dict("flux", seed, dtype, bare=True)
-    return sd2_state_dict(seed, dtype) if arch == "sd2" else tiny_state_dict(arch, seed, dtype)
+    return tiny_state_dict(arch, seed, dtype)
 
 
 def load_xyz():
