@@ -77,7 +77,10 @@ class ForgeLive(LiveModel):
             slots = tuple(table[n] for n in where.names)
             via = None
             if where.component == "clip" and is_embedding(where.names[0]):
-                via = storage.setdefault(encoder_of(where.names[0]), _storage_dtype(table, where.names[0]))
+                enc = encoder_of(where.names[0])
+                if enc not in storage:
+                    storage[enc] = _storage_dtype(table, where.names[0])
+                via = storage[enc]
             kinds = {_quantised(getattr(m, a)) for m, a in slots} - {None}
             refuse = (f"The loaded model stores {key} as {kinds.pop()} quantised weights, which Alloy cannot "
                       "merge into live; load an fp16/fp8 version of model A or merge to a file.") if kinds else None
