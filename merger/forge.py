@@ -139,7 +139,8 @@ class ForgeHost(WebUIHost):
         from modules import sd_models, shared
         from modules_forge import main_entry
         info = checkpoint_info(path)
-        self.forget()                  # no reference to the old engine or cached tensors while loading
+        super().forget()               # no reference to the old engine, no cached tensors while loading
+        self._drop_cache(close_files=False)     # (the merge's sources stay open)
         shared.opts.set("sd_model_checkpoint", info.title, run_callbacks=False)
         main_entry.refresh_model_loading_parameters()
         sd_models.forge_model_reload()
@@ -147,10 +148,20 @@ class ForgeHost(WebUIHost):
             raise AlloyError(f"Forge could not load {path} as the merge base (model A).")
 
     def forget(self) -> None:
-        """The loaded model changed (or is about to): drop the old engine's info and the cache."""
+        """Another checkpoint was loaded: drop the old engine's info and the cache."""
         super().forget()
-        if self.session is not None:
-            self.session.cache.clear()
+        self._drop_cache(close_files=True)
+
+    def _drop_cache(self, close_files: bool) -> None:
+        cache = self.session.cache if self.session is not None else None
+        if cache is None:
+            return
+        if close_files:
+            cache.clear()
+        else:
+            budget = cache.stats().budget
+            cache.set_budget(0)
+            cache.set_budget(budget)
 
     def read_settings(self) -> Settings:
         """The settings, with the cache budget capped to what RAM allows beside Forge's model."""
