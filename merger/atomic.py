@@ -8,6 +8,15 @@ from .errors import AlloyError
 from .paths import shown
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_MODE = 0o666 & ~_umask()      # what open() would give a new file (mkstemp's is 0600)
+
+
 def atomic_write_text(path: str, text: str, *, overwrite: bool = True) -> str:
     """Write `text` to `path` so that readers see either the old file or the complete new one.
     A failure (full disk, read-only folder) is one AlloyError naming the file; nothing is left."""
@@ -26,6 +35,8 @@ def atomic_write_bytes(path: str, data: bytes, *, overwrite: bool = True) -> str
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, _MODE)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

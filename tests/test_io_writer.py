@@ -186,3 +186,15 @@ def test_strict_format_rules(tmp_path):
     w.set_metadata({"c": "d" * 100})
     strict_check(w.commit())
     strict_check(save_state_dict(tmp_path / "p.safetensors", t))
+
+
+def test_new_files_get_the_umask_mode_not_0600(tmp_path):
+    """Saved files are readable as any new file would be (mkstemp alone gives 0600)."""
+    from merger.atomic import atomic_write_text
+    mask = os.umask(0)
+    os.umask(mask)
+    text = atomic_write_text(str(tmp_path / "r.json"), "{}")
+    model = str(tmp_path / "m.safetensors")
+    save_state_dict(model, {"w": torch.ones(2)})
+    for path in (text, model):
+        assert os.stat(path).st_mode & 0o777 == 0o666 & ~mask
