@@ -18,7 +18,7 @@ import torch
 
 from .contracts import Report, Sink
 from .errors import Interrupted, TensorValueError
-from .kernels import FiniteCheck, Scratch, merge_rows, merge_span, merge_whole, resolve_device, trim_heap
+from .kernels import FiniteCheck, Scratch, _limit, merge_rows, merge_span, merge_whole, resolve_device, trim_heap
 from .methods import KeyContext
 from .multiexec import derived_hit, merge_multi
 from .plan import SLOTS, KeyPlan, Plan, inputs_text
@@ -199,7 +199,12 @@ class _Executor:
         dst = _span([tg for _, _, tg in items])
         if kind == "copy":
             slot = "a" if items[0][0].action == "keep_a" else "b"
-            dst.copy_(_span([t[slot] for _, t, _ in items]))
+            src = _span([t[slot] for _, t, _ in items])
+            starts = [0]
+            for _, t, _ in items[:-1]:
+                starts.append(starts[-1] + t[slot].numel())
+            self._check_narrowing([kp.key for kp, _, _ in items], starts, src, items[0][0].out_dtype)
+            dst.copy_(src)
             return
         kp0 = items[0][0]
         starts, n = [], 0
@@ -217,6 +222,7 @@ class _Executor:
         plan = self.plan
         if kind in ("copy", "plain"):
             res = _plain(kp, t)
+            self._check_narrowing([kp.key], [0], res, kp.out_dtype)
         elif kind == "multi":
             res = merge_multi(plan, kp, t, tg, self.device, self.derived,
                               lambda key, r, dtype: self.check.add([key], [0], r, dtype))
@@ -243,6 +249,12 @@ class _Executor:
             tg.copy_(res)
             return tg
         return res if res.dtype == kp.out_dtype else res.to(kp.out_dtype)
+
+    def _check_narrowing(self, keys, starts, src: torch.Tensor, out_dtype) -> None:
+        """A copied tensor saved in a narrower float type (fp32 → fp16/fp8) must fit it as merged ones do."""
+        if src.is_floating_point() and out_dtype is not None and out_dtype.is_floating_point \
+                and _limit(out_dtype) < _limit(src.dtype):
+            self.check.add(keys, starts, src, out_dtype)
 
     def _trim(self, t: torch.Tensor) -> None:
         """After a key whose kernel made big temporaries on the CPU, return freed heap memory."""

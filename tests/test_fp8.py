@@ -113,3 +113,24 @@ def test_api_fp8_save_and_random_tokens_with_a_bad_dice_field(tmp_path):
     r = c.post("/alloy/v1/merge", json={"recipe": {"model_a": "A.safetensors", "model_b": "B.safetensors",
                                                    "alpha_blocks": "R", "dice": {"round": "x"}}})
     assert r.status_code == 400 and "round" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "fp8_e4m3fn"])
+def test_copied_keys_beyond_the_output_range_are_refused(models, tmp_path, dtype):
+    """A key copied from A (absent from B) and narrowed on save is checked like merged keys."""
+    d, m = models
+    key = "model.diffusion_model.out.2.bias"
+
+    def big(sd):
+        sd[key] = sd[key].float() * 0 + 1e5
+
+    def drop(sd):
+        del sd[key]
+    a = write_tiny(tmp_path / "big.safetensors", "sd1", seed=1, dtype=torch.float32, edit=big)
+    b = write_tiny(tmp_path / "nokey.safetensors", "sd1", seed=2, dtype=torch.float32, edit=drop)
+    out = tmp_path / "o.safetensors"
+    with pytest.raises(AlloyError, match=f"{key}.*too large"):
+        merge_to_file(Recipe(model_a=str(a), model_b=str(b), alpha=0.3, dtype=dtype), str(out))
+    assert not out.exists()
+    merge_to_file(Recipe(model_a=str(a), model_b=str(b), alpha=0.3, dtype="fp32"), str(out))
+    assert load_file(str(out))[key].max() == 1e5                            # fp32 holds it: copied as is
