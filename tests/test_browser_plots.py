@@ -66,10 +66,14 @@ def test_compare_plot_and_weights_curve_render(page_url):
             compare_png = img.screenshot(path=str(tmp / "compare.png"))
             table = page.inner_text("#alloy_cmp_table")
             page.click("#alloy_blocks >> text=Block weights")
-            page.fill("#alloy_alpha_blocks textarea", "GRAD_V")
-            page.press("#alloy_alpha_blocks textarea", "Enter")
             page.wait_for_function("() => { const i = document.querySelector('#alloy_weights_plot img');"
                                    " return i && i.complete && i.naturalWidth > 300; }", timeout=30000)
+            first = page.get_attribute("#alloy_weights_plot img", "src")      # drawn at page load
+            page.fill("#alloy_alpha_blocks textarea", "GRAD_V")
+            page.press("#alloy_alpha_blocks textarea", "Enter")
+            page.wait_for_function("(first) => { const i = document.querySelector('#alloy_weights_plot img');"
+                                   " return i && i.complete && i.naturalWidth > 300 && i.src !== first; }",
+                                   arg=first, timeout=30000)
             curve_png = page.locator("#alloy_weights_plot img").screenshot(path=str(tmp / "curve.png"))
         finally:
             browser.close()

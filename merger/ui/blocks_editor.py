@@ -50,6 +50,12 @@ def on_curve(ctx: TabContext, f: dict) -> dict:
     return {"weights_plot": png_image(png)}
 
 
+def initial_curve(ctx: TabContext):
+    """The curve's value at page load (a callable: drawn when a browser opens the tab, not at
+    start-up): the default alpha on every block of the default architecture."""
+    return lambda: on_curve(ctx, {"arch": bl.DEFAULT_ARCH, "alpha": 0.5}).get("weights_plot")
+
+
 def on_arch(ctx: TabContext, f: dict) -> dict:
     """Architecture changed: relabel sliders, offer that architecture's presets."""
     arch = f.get("arch") or bl.DEFAULT_ARCH
@@ -134,8 +140,8 @@ def build_blocks_editor(ui: Ui, ctx: TabContext) -> None:
                                       lines=1, elem_id="alloy_alpha_blocks"))
     ui.add("beta_blocks", gr.Textbox(label="beta blocks (comma list or preset name; empty = off)",
                                      lines=1, elem_id="alloy_beta_blocks"))
-    ui.add("weights_plot", gr.Image(label="Block weights", type="pil", interactive=False, height=200,
-                                    elem_id="alloy_weights_plot", show_label=False))
+    ui.add("weights_plot", gr.Image(initial_curve(ctx), label="Block weights", type="pil", interactive=False,
+                                    height=200, elem_id="alloy_weights_plot", show_label=False))
     with gr.Column(elem_id="alloy_sliders", elem_classes=["alloy-sliders"]):
         for i, name in enumerate(bl.SLIDER_NAMES):
             ui.add(name, gr.Slider(bl.SLIDER_MIN, bl.SLIDER_MAX, step=bl.SLIDER_STEP, value=0.5,
