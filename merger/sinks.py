@@ -31,6 +31,8 @@ class FileSink(Sink):
         self.writer = None
         self.bufs: list = []
         self.pool = None
+        self.jobs: list = [None, None]     # abort() may run after a begin() that failed
+        self.own: deque = deque()
 
     def begin(self, plan) -> None:
         entries = [(kp.key, kp.out_dtype, tuple(kp.shape)) for kp in plan.items]
@@ -128,7 +130,7 @@ class FileSink(Sink):
         self._shutdown()
 
     def abort(self) -> None:
-        for job in [*self.jobs, *getattr(self, "own", ())]:
+        for job in [*self.jobs, *self.own]:
             try:
                 if job is not None:
                     job.result()

@@ -139,3 +139,21 @@ def test_finite_check_names_the_first_bad_key_of_a_span(defer):
 
 def test_a_read_batch_fits_one_file_sink_buffer():
     assert engine.BATCH_BYTES <= sinks.MIN_BUFFER // 2   # FileSink's rule for targets asked for at once
+
+
+def test_file_sink_that_could_not_begin_reports_the_real_error(tmp_path):
+    """An existing output without overwrite fails in begin(); abort() must not hide that sentence."""
+    from merger.io import open_source
+    from merger.plan import build_plan
+    a, b = write_tiny(tmp_path / "a.safetensors", "sd1", seed=1), write_tiny(tmp_path / "b.safetensors", "sd1", seed=2)
+    out = tmp_path / "out.safetensors"
+    out.write_bytes(b"keep me")
+    sources = {"a": open_source(str(a), "model A"), "b": open_source(str(b), "model B")}
+    try:
+        plan = build_plan(Recipe(model_a=str(a), model_b=str(b), alpha=0.3), sources)
+        with pytest.raises(AlloyError, match="exists"):
+            engine.execute(plan, sources, sinks.FileSink(str(out)))
+    finally:
+        for s in sources.values():
+            s.close()
+    assert out.read_bytes() == b"keep me"
