@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -159,6 +160,7 @@ def main() -> None:
                  sweep, opener.reads - reads))
     assert opener.reads == reads, "a re-merge read from disk"
     rows.append(("restore original", timed(args.device, session.restore), opener.reads - reads))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20     # KiB → GiB, before the floor's copies
     session.cache.clear()                      # peak memory: model + one copy of A and B
     from safetensors.torch import load_file
     a_sd, b_sd = ({k: v.to(DTYPES[args.dtype]) if v.is_floating_point() else v
@@ -171,6 +173,7 @@ def main() -> None:
     print(f"model: {args.arch} {'tiny' if args.small else 'full'} {args.dtype} from {file_dtype} files, {keys} keys, "
           f"{nbytes / 2**30:.3f} GiB of parameters, {args.device} ({where}), torch {torch.__version__}, "
           f"load average {os.getloadavg()[0]:.1f}, {time.strftime('%Y-%m-%d %H:%M')}")
+    print(f"peak RSS of the merges (model + source cache + groups): {peak:.2f} GiB")
     print(f"{'step':58s} {'seconds':>9s} {'file reads':>11s}")
     for name, sec, n in rows:
         print(f"{name:58s} {sec:9.3f} {n:11d}")

@@ -113,6 +113,11 @@ class SourceCache:
             self._store((fid, key), t)
         return t
 
+    def peek(self, fid: FileId, key: str) -> torch.Tensor | None:
+        """The cached tensor, or None when it is not in the cache (nothing is read or counted)."""
+        with self._lock:
+            return self._lru.get((fid, key))
+
     # ---- derived tensors --------------------------------------------------------------------
     def derived(self, scope: tuple) -> "DerivedStore":
         """A store of derived tensors for merges of exactly the files in `scope` (their FileIds)."""
@@ -235,6 +240,10 @@ class CachedSource:
         raw = _byte_view(target, _nbytes(t))
         view = raw.view(t.dtype).reshape(t.shape) if t.numel() else torch.empty(t.shape, dtype=t.dtype)
         return view.copy_(t)
+
+    def peek(self, key: str) -> torch.Tensor | None:
+        """The cached tensor (shared) or None when it is not cached; never reads the file."""
+        return self._cache.peek(self.fid, key)
 
     def close(self) -> None:
         """No-op: the cache owns the file."""

@@ -179,10 +179,11 @@ def _chunked(fn, srcs: dict, dst: torch.Tensor, *, alpha, beta, gamma, ctx, scra
 
 
 def merge_span(method, srcs: dict, dst: torch.Tensor, *, alpha, beta, gamma, ctx, scratch, check, keys,
-               starts, out_dtype) -> None:
-    """Elementwise `method` over flat spans srcs[slot] → dst (keys[i] starts at element starts[i])."""
+               starts, out_dtype, chunk: int = 0) -> None:
+    """Elementwise `method` over flat spans srcs[slot] → dst (keys[i] starts at element starts[i]),
+    in pieces of `chunk` elements (default CHUNK)."""
     _chunked(method.fn, srcs, dst, alpha=alpha, beta=beta, gamma=gamma, ctx=ctx, scratch=scratch, check=check,
-             keys=keys, starts=starts, out_dtype=out_dtype)
+             keys=keys, starts=starts, out_dtype=out_dtype, rows=chunk)
 
 
 def row_view(method, t: torch.Tensor) -> torch.Tensor:

@@ -45,6 +45,7 @@ class LiveState:
     identity: str | None = None
     plan: object | None = None
     fids: dict = field(default_factory=dict)   # slot → cache.FileId of the sources merged
+    groups: object | None = None               # merger.livegroups.LiveGroups of the last merge
 
     @property
     def dirty(self) -> bool:

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from .cache import SourceCache
@@ -20,10 +21,14 @@ from .errors import AlloyError, Interrupted
 from .history import History
 from .host import MODEL_EXTS, Host, StandaloneHost, same_file  # noqa: F401 (the session's public names)
 from .live import LiveSink, LiveState, as_live, restore as restore_keys
+from . import livegroups
+from .kernels import resolve_device
 from .locate import Finder, folder_candidates, needed_slots
 from .paths import input_file, output_file, shown
+from .presets import Presets
 from .recipe import MODEL_SLOTS, Recipe
 from .settings import Settings
+from .weights import RatioResolver
 
 log = logging.getLogger("alloy")
 
@@ -160,7 +165,6 @@ class Session:
         (Interrupted: "… the original model was restored"). The inputs' sha256 (for the infotext)
         are computed on a helper thread while the merge runs."""
         from .engine import Report, execute
-        from .plan import build_plan
 
         with self._exclusive():
             resolved, _, notes = self.locate(recipe)
@@ -168,8 +172,10 @@ class Session:
             work = resolved.replace(hashes={})     # hashes are the record's, computed below
             sources = self._open(work)
             work = roll_for_sources(work, sources)      # random block weights drawn once, recorded
-            plan = build_plan(work, sources)
-            if not same_file(self.host.loaded_model_path(), work.model_a):
+            fids = {s: src.fid for s, src in sources.items()}
+            loaded = same_file(self.host.loaded_model_path(), work.model_a)
+            plan, lg, new = self._plan(work, sources, fids, loaded)
+            if not loaded:
                 self.live = None       # hold nothing of the old model while the host loads A
                 self.host.load_model(work.model_a)
             model = as_live(self.host.live_model())
@@ -177,7 +183,6 @@ class Session:
                 raise AlloyError(f"The WebUI could not load {shown(work.model_a)} as the merge base (model A).")
             state = self.live if self.live is not None and same_file(self.live.base_path, work.model_a) \
                 else LiveState(work.model_a)
-            fids = {s: src.fid for s, src in sources.items()}
             identity = (work.short_hash(), tuple(sorted(fids.items())))
             if state.identity == identity:
                 self.live = state
@@ -186,11 +191,13 @@ class Session:
                 return report
             if state.fids != fids:
                 state.signatures.clear()
-            targets = model.targets([kp.key for kp in plan.items] + list(state.originals))
+            grouped = lg.grouped if lg is not None else ()
+            back = [k for k in state.originals if k not in grouped and (k not in plan or plan[k].action == "keep_a")]
+            keys = [kp.key for kp in plan.items] + (back if lg is not None else list(state.originals))
+            targets = model.targets(keys) if keys else {}
             sigs = {kp.key: plan.signature(kp.key) for kp in plan.items
                     if kp.action != "keep_a" and kp.key in targets}
             todo = {k for k, sig in sigs.items() if state.signatures.get(k) != sig}
-            back = [k for k in state.originals if k not in plan or plan[k].action == "keep_a"]
             sink = LiveSink(targets, state, sources["a"], back)
             hits0 = self.cache.stats().hits
             hashing = _hash_inputs(work, {os.path.realpath(c.path): c.sha256 for c in self.host.model_candidates()
@@ -203,10 +210,16 @@ class Session:
                     progress(done, total, key)
             try:
                 derived = self.cache.derived(tuple(fids[s] for s in sorted(fids)))
+                t0 = time.perf_counter()
                 with model.writing():
+                    grouped_keys, packed = livegroups.apply(lg, new, sources, progress=on_progress,
+                                                            should_stop=self._should_stop) if lg else (0, 0)
                     report = execute(plan, sources, sink, device=self.settings.compute_device,
                                      progress=on_progress, should_stop=self._should_stop, only_keys=todo,
-                                     derived=derived if plan.method.multi is not None else None)
+                                     derived=derived if plan.method.multi is not None else None) \
+                        if todo or back or lg is None else Report(recipe=work)
+                report.keys_merged += grouped_keys
+                report.seconds = time.perf_counter() - t0
             except BaseException as e:
                 self._abandon(model, state, sources["a"])
                 if isinstance(e, Interrupted):
@@ -217,22 +230,51 @@ class Session:
             final = work.replace(hashes=hashing.result())
             for key in sink.written:
                 state.signatures[key] = sigs[key]
-            state.recipe, state.identity, state.plan = final, identity, plan
-            state.fids = fids
+            state.recipe, state.identity, state.fids = final, identity, fids
+            if lg is None:
+                state.plan = plan
+                state.groups = self._group(plan, sources, targets, state)
             self.live = state
             report.recipe = final
-            report.keys_from_cache = self.cache.stats().hits - hits0
+            report.keys_from_cache = self.cache.stats().hits - hits0 + packed
             report.warnings[:0] = notes + plan.notes
             self.host.on_live_changed(final)
-            warning = self._record("live", final.to_dict(), seconds=round(report.seconds, 3), keys=len(todo),
+            warning = self._record("live", final.to_dict(), seconds=round(report.seconds, 3),
+                                   keys=len(todo) + grouped_keys,
                                    name=final.display_name(), hash=final.short_hash())
             if warning:
                 report.warnings.append(warning)
             self.last_message = _with_warnings(report.message(), report.warnings)
             return report
 
+    def _plan(self, work: Recipe, sources: dict, fids: dict, loaded: bool):
+        """(plan, groups, their new ratios): the live merge's groups when they fit this recipe
+        (the plan then holds only the keys not grouped), else (build_plan(...), None, None)."""
+        from .plan import build_plan
+        state = self.live
+        lg = state.groups if loaded and state is not None and same_file(state.base_path, work.model_a) else None
+        device = resolve_device(self.settings.compute_device)
+        if lg is not None and lg.device == device and livegroups.usable(lg, work, fids):
+            resolver = RatioResolver(work, lg.plan.arch, Presets())
+            return livegroups.rest_plan(lg, work, resolver), lg, livegroups.ratios(lg, resolver)
+        if state is not None:
+            livegroups.release(state)
+        return build_plan(work, sources), None, None
+
+    def _group(self, plan, sources: dict, targets: dict, state: LiveState):
+        """Group the keys this merge wrote for the next re-merge (None when nothing fits)."""
+        if plan.method.multi is not None or not plan.method.elementwise:
+            return None
+        lg = livegroups.build(plan, sources, targets, state, RatioResolver(plan.recipe, plan.arch, Presets()),
+                              resolve_device(self.settings.compute_device),
+                              lambda slot, key: sources[slot].peek(key) if hasattr(sources[slot], "peek") else None)
+        if lg is not None:
+            lg.template, lg.fids = livegroups.template(plan.recipe), {s: src.fid for s, src in sources.items()}
+        return lg
+
     def _abandon(self, model, state: LiveState, src_a) -> None:
         """Put every modified key back and forget the merge (after an error or an interrupt)."""
+        state.groups = None
         restore_keys(model, state, src_a)
         state.recipe = state.identity = state.plan = None
         state.signatures.clear()

@@ -1,0 +1,256 @@
+"""Grouped live re-merges: after a first live merge, a change of the ratios (α, β, block lists)
+costs a few operations per group of keys instead of the per-key machinery.
+
+After a live merge (merger/session.py) the keys it computed are kept grouped on the LiveState
+(`LiveGroups`) when their work is plain elementwise arithmetic into one live tensor each: merge
+action, an elementwise method (not multi-model, not per-key except `self`), no channel slice or
+Adjust, a direct target (merger/live_targets.direct: one slot, no transpose or rounding step, not
+A1111's fp8 `fp16_weight` cache). A group holds the keys of one ratio class (block, elemental
+rule, `self`'s excluded keys) and one output precision; keys are split in two kinds:
+
+  * small keys (≤ `SMALL` elements): their inputs packed once into flat compute-dtype buffers; a
+    re-merge runs the method's own kernel once over the packed buffers, checks the result with one
+    aminmax (merger.kernels.FiniteCheck, deferred on a GPU: one host transfer per merge) and copies
+    it into the live tensors with one `torch._foreach_copy_`;
+  * big keys: read from the source cache at every re-merge (no second copy of the sources is
+    held) and computed straight into the live tensor through `merger.kernels.merge_span`, the
+    executor's own chunked kernel.
+
+Either way each value goes through the same kernel in the same compute dtype and is rounded once
+to the live tensor's dtype, so results equal the per-key path bit for bit. A group is recomputed
+only when its ratios changed (the per-key path's signature rule). Keys not eligible go through the
+per-key path (`rest`) in the same merge. Groups are dropped when anything else of the recipe, a
+source file or the live tensors changed; the next merge then takes the per-key path and regroups."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from .errors import Interrupted, TensorValueError
+from .kernels import CHUNK, FiniteCheck, Scratch, merge_span
+from .live import LiveState, _fp16_cache
+from .live_targets import direct
+from .methods import KeyContext
+from .methods.scale import is_scaled, scale_self
+from .plan import Plan, inputs_text
+
+SMALL = 1 << 16          # keys up to this many elements are packed
+CPU_CHUNK = 1 << 18      # big keys on the CPU: pieces whose buffers stay in the L2 cache
+RATIO_FIELDS = ("alpha", "beta", "alpha_blocks", "beta_blocks", "dice", "hashes")
+
+
+def template(recipe) -> object:
+    """The recipe with its ratio fields blanked: equal templates ⇒ groups can be reused."""
+    return recipe.replace(alpha=0.0, beta=0.0, alpha_blocks=None, beta_blocks=None, dice=None, hashes={})
+
+
+@dataclass
+class Group:
+    """Keys of one ratio class, one output dtype and one live dtype/device."""
+
+    rep: str                         # a key of the group (asks the resolver for its ratios)
+    block: str
+    out_dtype: torch.dtype
+    ratios: tuple | None = None      # (α, β) now in the live tensors
+    keys: list = field(default_factory=list)        # small keys, in plan order
+    slots: list = field(default_factory=list)       # (module, attr) of each small key
+    starts: list = field(default_factory=list)
+    packed: dict = field(default_factory=dict)      # source slot → flat compute-dtype tensor
+    out: torch.Tensor | None = None
+    views: list = field(default_factory=list)       # views of `out` shaped like each small key
+    big: list = field(default_factory=list)         # (key, (module, attr)) of big keys
+
+
+@dataclass
+class LiveGroups:
+    """The grouped keys of the live merge whose recipe template is `template`."""
+
+    template: object
+    fids: dict
+    plan: Plan                        # the plan of the merge the groups were built from
+    groups: list
+    rest: list                        # KeyPlans of merged keys on the per-key path
+    grouped: set
+    ptrs: list = field(default_factory=list)        # data_ptr of every grouped live tensor
+    device: torch.device = torch.device("cpu")
+
+    def slots(self):
+        for g in self.groups:
+            yield from g.slots
+            yield from (s for _, s in g.big)
+
+    def current_ptrs(self) -> list | None:
+        try:
+            return [getattr(m, a).data_ptr() for m, a in self.slots()]
+        except AttributeError:
+            return None
+
+
+def eligible(plan: Plan, kp, t) -> bool:
+    """True when key plan `kp` into target `t` may be grouped (see module docstring)."""
+    m = plan.method
+    if kp.action != "merge" or m.multi is not None or not m.elementwise or kp.channels or kp.adjust:
+        return False
+    if m.uses_key and m.fn is not scale_self:
+        return False
+    if t is None or _fp16_cache(t) is not None or not kp.shape or math.prod(kp.shape) == 0:
+        return False
+    live = direct(t)
+    return live is not None and live.is_floating_point() and tuple(live.shape) == tuple(kp.shape)
+
+
+def _ratio_class(plan: Plan, resolver, kp) -> tuple:
+    rule = resolver.elemental.rule_for(kp.key, kp.block) if resolver.elemental else None
+    scaled = is_scaled(kp.key) if plan.method.uses_key else None
+    return (kp.block, id(rule) if rule is not None else None, scaled, kp.out_dtype)
+
+
+def build(plan: Plan, sources: dict, targets: dict, state: LiveState, resolver, device, peek) -> LiveGroups | None:
+    """Group the merged keys of `plan` (just written into the live model by the per-key path).
+    `peek(slot, key)`: the cached source tensor or None (then nothing is grouped: the sources do not
+    all fit the cache, and holding them here would break its budget)."""
+    device = torch.device(device)
+    compute = plan.compute_dtype
+    by_class: dict = {}
+    rest, grouped = [], set()
+    for kp in plan.items:
+        if kp.action != "merge":
+            continue
+        t = targets.get(kp.key)
+        if t is None:
+            continue
+        if not eligible(plan, kp, t) or state.signatures.get(kp.key) is None:
+            rest.append(kp)
+            continue
+        cls = _ratio_class(plan, resolver, kp)
+        g = by_class.get(cls)
+        if g is None:
+            g = by_class[cls] = Group(kp.key, kp.block, kp.out_dtype, (kp.alpha, kp.beta))
+        if (kp.alpha, kp.beta) != g.ratios:          # the resolver disagrees with the plan: do not group
+            rest.append(kp)
+            continue
+        grouped.add(kp.key)
+        if math.prod(kp.shape) <= SMALL:
+            g.keys.append(kp.key)
+            g.slots.append(t.slots[0])
+        else:
+            g.big.append((kp.key, t.slots[0]))
+    for g in by_class.values():
+        if not g.keys:
+            continue
+        n = 0
+        for key in g.keys:
+            g.starts.append(n)
+            n += math.prod(plan[key].shape)
+        for slot in plan.slots:
+            buf = torch.empty(n, dtype=compute, device=device)
+            views = [buf[s:s + math.prod(plan[k].shape)].view(plan[k].shape) for k, s in zip(g.keys, g.starts)]
+            tensors = [peek(slot, k) for k in g.keys]
+            if any(x is None for x in tensors):
+                return None
+            torch._foreach_copy_(views, tensors)
+            g.packed[slot] = buf
+        g.out = torch.empty(n, dtype=compute, device=device)
+        g.views = [g.out[s:s + math.prod(plan[k].shape)].view(plan[k].shape) for k, s in zip(g.keys, g.starts)]
+    lg = LiveGroups(None, {}, plan, [g for g in by_class.values() if g.keys or g.big], rest, grouped, device=device)
+    ptrs = lg.current_ptrs()
+    if ptrs is None:
+        return None
+    lg.ptrs = ptrs
+    return lg
+
+
+def usable(lg: LiveGroups | None, recipe, fids: dict) -> bool:
+    """The groups fit this merge: same template and files, and the live tensors did not move."""
+    return (lg is not None and lg.fids == fids and lg.template == template(recipe)
+            and lg.current_ptrs() == lg.ptrs)
+
+
+def release(state: LiveState) -> None:
+    """Forget the groups, writing each grouped key's signature (what the per-key path compares)."""
+    lg = getattr(state, "groups", None)
+    if lg is None:
+        return
+    state.groups = None
+    for g in lg.groups:
+        if g.ratios is None:
+            continue
+        for key in [*g.keys, *(k for k, _ in g.big)]:
+            if key in state.originals:
+                kp = replace(lg.plan[key], alpha=g.ratios[0], beta=g.ratios[1])
+                state.signatures[key] = _signature(lg.plan, kp)
+
+
+def _signature(plan: Plan, kp) -> tuple:
+    saved = plan._by_key[kp.key]
+    plan._by_key[kp.key] = kp
+    try:
+        return plan.signature(kp.key)
+    finally:
+        plan._by_key[kp.key] = saved
+
+
+def ratios(lg: LiveGroups, resolver) -> list:
+    """The new (α, β) of every group (validated by the method)."""
+    out = []
+    for g in lg.groups:
+        r = resolver.ratios(g.rep, g.block)
+        out.append(r)
+    method = lg.plan.method
+    gamma = lg.plan.recipe.gamma
+    for r in dict.fromkeys(r for r in out if r is not None):
+        method.validate(r[0], r[1], gamma)
+    return out
+
+
+def rest_plan(lg: LiveGroups, recipe, resolver) -> Plan:
+    """The per-key path's plan for the keys that are not grouped, with this merge's ratios."""
+    items = []
+    for kp in lg.rest:
+        r = resolver.ratios(kp.key, kp.block)
+        items.append(replace(kp, alpha=r[0], beta=r[1]) if r is not None else replace(kp, action="keep_a"))
+    p = lg.plan
+    return Plan(recipe, p.arch, p.method, items, p.compute_dtype, adjust=p.adjust, vae={}, notes=[], slots=p.slots)
+
+
+def apply(lg: LiveGroups, new: list, sources: dict, *, progress=None, should_stop=None) -> tuple[int, int]:
+    """Recompute every group whose ratios changed into the live tensors; returns (keys merged, source
+    tensors taken from memory: the packed ones).
+    Runs inside the live model's writing() context. Raises TensorValueError (naming the key and the
+    inputs) or Interrupted; the caller then restores the original model."""
+    plan, method, gamma = lg.plan, lg.plan.method, lg.plan.recipe.gamma
+    check = FiniteCheck(defer=lg.device.type != "cpu")
+    scratch = Scratch(plan.compute_dtype, lg.device, CPU_CHUNK if lg.device.type == "cpu" else CHUNK)
+    chunk = scratch.n
+    ctx = KeyContext(key="")
+    todo = [(g, r) for g, r in zip(lg.groups, new) if r != g.ratios]
+    total, done = sum(len(g.keys) + len(g.big) for g, _ in todo), 0
+    try:
+        for g, (alpha, beta) in todo:
+            g.ratios = None                     # unknown until this group is written completely
+            if g.keys:
+                ctx.key, ctx.out = g.rep, g.out
+                p = g.packed
+                res = method.fn(p["a"], p.get("b"), p.get("c"), alpha=alpha, beta=beta, gamma=gamma, ctx=ctx)
+                check.add(g.keys, g.starts, res, g.out_dtype)
+                if res.data_ptr() != g.out.data_ptr():
+                    g.out.copy_(res)
+                torch._foreach_copy_([getattr(m, a) for m, a in g.slots], g.views)
+            for key, (m, a) in g.big:
+                live = getattr(m, a)
+                t = {s: sources[s].read(key).reshape(-1) for s in plan.slots}
+                ctx.key, ctx.stats = key, None
+                merge_span(method, t, live.view(-1), alpha=alpha, beta=beta, gamma=gamma, ctx=ctx,
+                           scratch=scratch, check=check, keys=[key], starts=[0], out_dtype=g.out_dtype, chunk=chunk)
+            g.ratios = (alpha, beta)
+            done += len(g.keys) + len(g.big)
+            if progress is not None:
+                progress(done, total, g.rep)
+            if should_stop is not None and should_stop():
+                raise Interrupted("The merge was stopped; nothing was changed.")
+        check.flush()
+    except TensorValueError as e:
+        raise e.with_inputs(inputs_text(sources)) from None
+    return done, sum(len(g.keys) for g, _ in todo) * len(plan.slots)
