@@ -85,8 +85,9 @@ def _refuse(key: str, finite: bool):
 class FiniteCheck:
     """Refuses NaN/inf in results and values the output dtype cannot hold (fp16 overflow).
 
-    Without `defer` (the CPU) a result is checked when it is added (one aminmax pass, no
-    temporaries). With `defer` (a GPU: no wait for the device per key) `add` only records its
+    Without `defer` (the CPU) a result is checked when it is added: one sum when the output dtype
+    holds every finite value of the result's dtype (a finite sum means no NaN/inf), else (or when
+    the sum is not finite) one aminmax pass; no temporaries. With `defer` (a GPU: no wait for the device per key) `add` only records its
     extremes on the device and `flush` moves everything recorded to the host in one transfer per
     kind; a span of several keys records max |x| (NaN counted as inf)
     and where it is, so the key can still be named. Either way the AlloyError names the first bad
@@ -106,8 +107,10 @@ class FiniteCheck:
             return
         self.seq += 1
         if not self.defer:
-            lo, hi = (float(v) for v in torch.aminmax(t))
             limit = _limit(out_dtype)
+            if limit >= torch.finfo(t.dtype).max and math.isfinite(float(t.sum())):
+                return      # a finite sum has no NaN/inf terms, and every finite value fits: no aminmax
+            lo, hi = (float(v) for v in torch.aminmax(t))
             if not (-limit <= lo and hi <= limit):
                 key = keys[0]
                 for k, s, e in zip(keys, starts, [*starts[1:], t.numel()]):
