@@ -148,10 +148,12 @@ class FiniteCheck:
 
 
 def _chunked(fn, srcs: dict, dst: torch.Tensor, *, alpha, beta, gamma, ctx, scratch, check, keys, starts,
-             out_dtype, rows: int = 0, columns: bool = False) -> None:
+             out_dtype, rows: int = 0, columns: bool = False, alias_a: bool = False) -> None:
     """Apply fn over aligned chunks of the flat (rows == 0) or 2-D (rows-per-chunk) inputs.
     `columns`: the chunk buffers hold 2-D chunks column by column (short rows: each column is one
-    contiguous vector for the kernel, which sees the same values through a transposed view)."""
+    contiguous vector for the kernel, which sees the same values through a transposed view).
+    `alias_a` (the kernel allows ctx.out to be `a`, Method.out_aliases_a): when the result goes
+    straight into `dst`, A is converted into the destination chunk itself (one buffer less)."""
     cd, dev = scratch.dtype, scratch.device
     n = dst.shape[0]
     step = rows or CHUNK
@@ -173,7 +175,9 @@ def _chunked(fn, srcs: dict, dst: torch.Tensor, *, alpha, beta, gamma, ctx, scra
         out = part if direct_out else buffer("out", part.shape)
         ctx.out = out
         c = srcs.get("c")
-        res = fn(piece("a", srcs["a"][s:e]), piece("b", srcs["b"][s:e]), None if c is None else piece("c", c[s:e]),
+        a = srcs["a"][s:e]
+        a = out.copy_(a) if alias_a and direct_out and (a.dtype != cd or a.device != dev) else piece("a", a)
+        res = fn(a, piece("b", srcs["b"][s:e]), None if c is None else piece("c", c[s:e]),
                  alpha=alpha, beta=beta, gamma=gamma, ctx=ctx)
         check.add(keys, [x - s for x in starts] if len(keys) > 1 else starts, res, out_dtype)
         if not direct_out or res.data_ptr() != out.data_ptr():
@@ -186,7 +190,7 @@ def merge_span(method, srcs: dict, dst: torch.Tensor, *, alpha, beta, gamma, ctx
     """Elementwise `method` over flat spans srcs[slot] → dst (keys[i] starts at element starts[i]),
     in pieces of `chunk` elements (default CHUNK)."""
     _chunked(method.fn, srcs, dst, alpha=alpha, beta=beta, gamma=gamma, ctx=ctx, scratch=scratch, check=check,
-             keys=keys, starts=starts, out_dtype=out_dtype, rows=chunk)
+             keys=keys, starts=starts, out_dtype=out_dtype, rows=chunk, alias_a=method.out_aliases_a)
 
 
 def row_view(method, t: torch.Tensor) -> torch.Tensor:

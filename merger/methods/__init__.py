@@ -33,14 +33,15 @@ def _build() -> MappingProxyType:
     """The registry as data: one Method per valid (mode, calc) pair."""
     normal = {
         "weight_sum": Method("weight_sum", "normal", basic.weight_sum, needs_c=False, uses_beta=False,
-                             uses_gamma=False, elementwise=True, summary="(1-a)*A + a*B"),
+                             uses_gamma=False, elementwise=True, summary="(1-a)*A + a*B", out_aliases_a=True),
         "add_difference": Method("add_difference", "normal", basic.add_difference, needs_c=True,
                                  uses_beta=False, uses_gamma=False, elementwise=True,
                                  summary="A + a*(B-C)"),
         "triple_sum": Method("triple_sum", "normal", basic.triple_sum, needs_c=True, uses_beta=True,
                              uses_gamma=False, elementwise=True, summary="(1-a-b)*A + a*B + b*C"),
         "sum_twice": Method("sum_twice", "normal", basic.sum_twice, needs_c=True, uses_beta=True,
-                            uses_gamma=False, elementwise=True, summary="(1-b)*((1-a)*A + a*B) + b*C"),
+                            uses_gamma=False, elementwise=True, summary="(1-b)*((1-a)*A + a*B) + b*C",
+                            out_aliases_a=True),
     }
     methods = [
         *normal.values(),
@@ -57,7 +58,7 @@ def _build() -> MappingProxyType:
         Method("weight_sum", "tensor2", tensor.tensor2, needs_c=False, uses_beta=True, uses_gamma=False,
                elementwise=False, summary="a window of dim-1 slices from B"),
         Method("weight_sum", "self", scale.scale_self, needs_c=False, uses_beta=False, uses_gamma=False,
-               elementwise=True, uses_key=True,
+               elementwise=True, uses_key=True, out_aliases_a=True,
                summary="a*A (except to_out/proj_out/norm keys; a=0 leaves A)"),
         Method("add_difference", "trainDifference", train_difference.train_difference, needs_c=True,
                uses_beta=False, uses_gamma=False, elementwise=True,

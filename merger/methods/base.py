@@ -50,6 +50,8 @@ class Method:
     uses_key: the kernel's result depends on ``ctx.key`` (the engine never batches its keys).
     halo: with rowwise "dim0": a row of the result depends on input rows up to `halo` away (the
         engine hands the kernel chunks of rows plus that many neighbours and keeps the chunk's own).
+    out_aliases_a: the kernel's result is the same when ``ctx.out`` is ``a`` itself (it reads a[i]
+        only before writing out[i]), so the engine may convert A straight into the destination.
     multi: set for the multi-model modes (A + fine-tunes B…F), whose kernels take a list of models
         and are run through it instead of ``fn(a, b, c, …)``.
     """
@@ -72,6 +74,7 @@ class Method:
     check: Callable[[float, float, float], None] | None = None
     summary: str = ""
     multi: object | None = None    # merger.methods.multi.MultiKernel for the multi-model modes
+    out_aliases_a: bool = False
 
     def validate(self, alpha: float, beta: float, gamma: float) -> None:
         """Raise AlloyError when a ratio is not a finite number or is out of this method's range."""
