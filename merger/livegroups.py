@@ -180,24 +180,12 @@ def release(state: LiveState) -> None:
         for key in [*g.keys, *(k for k, _ in g.big)]:
             if key in state.originals:
                 kp = replace(lg.plan[key], alpha=g.ratios[0], beta=g.ratios[1])
-                state.signatures[key] = _signature(lg.plan, kp)
-
-
-def _signature(plan: Plan, kp) -> tuple:
-    saved = plan._by_key[kp.key]
-    plan._by_key[kp.key] = kp
-    try:
-        return plan.signature(kp.key)
-    finally:
-        plan._by_key[kp.key] = saved
+                state.signatures[key] = lg.plan.signature(key, kp)
 
 
 def ratios(lg: LiveGroups, resolver) -> list:
     """The new (α, β) of every group (validated by the method)."""
-    out = []
-    for g in lg.groups:
-        r = resolver.ratios(g.rep, g.block)
-        out.append(r)
+    out = [resolver.ratios(g.rep, g.block) for g in lg.groups]
     method = lg.plan.method
     gamma = lg.plan.recipe.gamma
     for r in dict.fromkeys(r for r in out if r is not None):
@@ -225,7 +213,7 @@ def apply(lg: LiveGroups, new: list, sources: dict, *, progress=None, should_sto
     scratch = Scratch(plan.compute_dtype, lg.device, CPU_CHUNK if lg.device.type == "cpu" else CHUNK)
     chunk = scratch.n
     ctx = KeyContext(key="")
-    todo = [(g, r) for g, r in zip(lg.groups, new) if r != g.ratios]
+    todo = [(g, r) for g, r in zip(lg.groups, new) if r is not None and r != g.ratios]
     total, done = sum(len(g.keys) + len(g.big) for g, _ in todo), 0
     try:
         for g, (alpha, beta) in todo:

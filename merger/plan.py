@@ -79,9 +79,10 @@ class Plan:
     def __contains__(self, key) -> bool:
         return key in self._by_key
 
-    def signature(self, key: str) -> tuple:
-        """Hashable description of how `key` is computed: equal signatures ⇒ equal tensors."""
-        kp = self._by_key[key]
+    def signature(self, key: str, kp: KeyPlan | None = None) -> tuple:
+        """Hashable description of how `key` is computed: equal signatures ⇒ equal tensors.
+        `kp`: describe this KeyPlan of `key` instead of the plan's own (other ratios)."""
+        kp = kp if kp is not None else self._by_key[key]
         r = self.recipe
         models = self._models
         if kp.action == "merge":
