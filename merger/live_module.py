@@ -86,10 +86,10 @@ def reset_lora_state(model: torch.nn.Module) -> int:
     A module with `network_current_names != ()` holds backup + LoRA delta: restore the backup.
     One with `()` already holds its own weights (which may be merged): only drop the backups."""
     n = 0
-    for module in model.modules():
-        current = getattr(module, "network_current_names", ())
-        has_backup = (getattr(module, "network_weights_backup", None) is not None
-                      or getattr(module, "network_bias_backup", None) is not None)
+    for module in _modules(model):
+        d = module.__dict__             # where the extension's plain attributes live (a getattr of a
+        current = d.get("network_current_names", ())   # missing one costs nn.Module.__getattr__'s raise)
+        has_backup = d.get("network_weights_backup") is not None or d.get("network_bias_backup") is not None
         if not current and not has_backup:
             continue
         if current:
@@ -99,3 +99,17 @@ def reset_lora_state(model: torch.nn.Module) -> int:
         module.network_bias_backup = None
         n += 1
     return n
+
+
+def _modules(model: torch.nn.Module) -> list:
+    """Every module of the tree once (what model.modules() yields, in another order), without its
+    nested generators: a walk over the `_modules` dicts costs a few ms for an SDXL-sized tree."""
+    out, seen, stack = [], set(), [model]
+    while stack:
+        m = stack.pop()
+        if id(m) in seen:
+            continue
+        seen.add(id(m))
+        out.append(m)
+        stack.extend(c for c in m._modules.values() if c is not None)
+    return out

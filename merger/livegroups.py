@@ -55,12 +55,12 @@ class Group:
     out_dtype: torch.dtype
     ratios: tuple | None = None      # (α, β) now in the live tensors
     keys: list = field(default_factory=list)        # small keys, in plan order
-    slots: list = field(default_factory=list)       # (module, attr) of each small key
+    slots: list = field(default_factory=list)       # `_slot` of each small key
     starts: list = field(default_factory=list)
     packed: dict = field(default_factory=dict)      # source slot → flat compute-dtype tensor
     out: torch.Tensor | None = None
     views: list = field(default_factory=list)       # views of `out` shaped like each small key
-    big: list = field(default_factory=list)         # (key, (module, attr)) of big keys
+    big: list = field(default_factory=list)         # (key, `_slot`) of big keys
 
 
 @dataclass
@@ -83,9 +83,25 @@ class LiveGroups:
 
     def current_ptrs(self) -> list | None:
         try:
-            return [getattr(m, a).data_ptr() for m, a in self.slots()]
-        except AttributeError:
+            return [_live(s).data_ptr() for s in self.slots()]
+        except (AttributeError, KeyError):
             return None
+
+
+def _slot(t) -> tuple:
+    """(table, attr) of a one-slot target: the module's own parameter or buffer dict when the
+    tensor is one (a dict lookup at each use instead of nn.Module.__getattr__), else (module, attr)."""
+    m, a = t.slots[0]
+    for table in (getattr(m, "_parameters", None), getattr(m, "_buffers", None)):
+        if isinstance(table, dict) and table.get(a) is not None:
+            return table, a
+    return m, a
+
+
+def _live(slot) -> torch.Tensor:
+    """The live tensor of a `_slot` now."""
+    obj, a = slot
+    return obj[a] if isinstance(obj, dict) else getattr(obj, a)
 
 
 def eligible(plan: Plan, kp, t) -> bool:
@@ -134,9 +150,9 @@ def build(plan: Plan, sources: dict, targets: dict, state: LiveState, resolver, 
         grouped.add(kp.key)
         if math.prod(kp.shape) <= SMALL:
             g.keys.append(kp.key)
-            g.slots.append(t.slots[0])
+            g.slots.append(_slot(t))
         else:
-            g.big.append((kp.key, t.slots[0]))
+            g.big.append((kp.key, _slot(t)))
     for g in by_class.values():
         if not g.keys:
             continue
@@ -225,9 +241,9 @@ def apply(lg: LiveGroups, new: list, sources: dict, *, progress=None, should_sto
                 check.add(g.keys, g.starts, res, g.out_dtype)
                 if res.data_ptr() != g.out.data_ptr():
                     g.out.copy_(res)
-                torch._foreach_copy_([getattr(m, a) for m, a in g.slots], g.views)
-            for key, (m, a) in g.big:
-                live = getattr(m, a)
+                torch._foreach_copy_([_live(s) for s in g.slots], g.views)
+            for key, slot in g.big:
+                live = _live(slot)
                 t = {s: sources[s].read(key).reshape(-1) for s in plan.slots}
                 ctx.key, ctx.stats = key, None
                 merge_span(method, t, live.view(-1), alpha=alpha, beta=beta, gamma=gamma, ctx=ctx,
