@@ -200,10 +200,12 @@ def release(state: LiveState) -> None:
 
 
 def ratios(lg: LiveGroups, resolver) -> list:
-    """The new (α, β) of every group (validated by the method)."""
+    """The new (α, β) of every group, validated by the method as build_plan does (the recipe's own
+    α, β first)."""
     out = [resolver.ratios(g.rep, g.block) for g in lg.groups]
     method = lg.plan.method
     gamma = lg.plan.recipe.gamma
+    method.validate(resolver.recipe.alpha, resolver.recipe.beta, gamma)
     for r in dict.fromkeys(r for r in out if r is not None):
         method.validate(r[0], r[1], gamma)
     return out
