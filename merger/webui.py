@@ -1,6 +1,7 @@
 """The adapter to AUTOMATIC1111's WebUI (v1.10.1); imports `modules.*` only inside functions.
 `register()` is called by scripts/alloy.py. Stable Diffusion WebUI Forge's adapter
-(merger/forge.py) extends its Host and reuses its registration."""
+(merger/forge.py) extends its Host and reuses its registration; reForge and Forge Classic run
+this adapter, their loaded model through merger/forge_v1.py."""
 from __future__ import annotations
 
 import contextlib
@@ -83,7 +84,10 @@ class WebUIHost(Host):
         return shared.sd_model
 
     def live_model(self):
-        return self.sd_model()
+        """The loaded model; reForge's / Forge Classic's with their ldm_patched LoRA handling."""
+        from . import forge_v1
+        model = self.sd_model()
+        return forge_v1.ForgeV1Live(model) if forge_v1.detected(model) else model
 
     def loaded_model_path(self) -> str | None:
         return getattr(self.sd_model(), "sd_model_checkpoint", None)
