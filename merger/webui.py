@@ -93,11 +93,15 @@ class WebUIHost(Host):
         return getattr(self.sd_model(), "sd_model_checkpoint", None)
 
     def load_model(self, path: str) -> None:
-        """Load checkpoint `path` through the WebUI (reload_model_weights)."""
-        from modules import sd_models
-        sd_models.reload_model_weights(info=checkpoint_info(path))
+        """Load checkpoint `path` through the WebUI (reload_model_weights) and record it as the
+        checkpoint option, as A1111's load_model_weights does (reForge's loader does not, and its
+        next generation would load the option's checkpoint over the merge)."""
+        from modules import sd_models, shared
+        info = checkpoint_info(path)
+        sd_models.reload_model_weights(info=info)
         if not same_file(self.loaded_model_path(), path):
             raise AlloyError(f"The WebUI could not load {path} as the merge base (model A).")
+        shared.opts.data["sd_model_checkpoint"] = info.title
 
     @contextlib.contextmanager
     def exclusive_job(self, title: str):

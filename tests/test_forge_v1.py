@@ -81,3 +81,29 @@ def test_a1111_model_is_not_taken_for_forge_v1(tmp_path):
     from merger.webui import WebUIHost
     w = make_world(tmp_path)
     assert not forge_v1.detected(w.model) and WebUIHost().live_model() is w.model
+
+
+def test_model_a_loaded_by_alloy_stays_loaded_where_loading_does_not_record_the_option(tmp_path, monkeypatch):
+    """reForge's reload_model_weights is its load_model, which never writes opts.sd_model_checkpoint
+    (A1111's load_model_weights does): the next generation would load the option's checkpoint again
+    and drop the merge (seen in reForge 3b56b268)."""
+    from modules import processing
+    w = make_world(tmp_path)
+    info = {s: next(i for i in w.sd_models.checkpoints_list.values() if i.filename == w.paths[s]) for s in "ab"}
+    w.sd_models.reload_model_weights(info=info["b"])            # the user's checkpoint: B
+    assert w.shared.opts.data["sd_model_checkpoint"] == info["b"].title
+    reload = w.sd_models.reload_model_weights
+
+    def reforge_reload(sd_model=None, info=None, forced_reload=False):
+        before = w.shared.opts.data.get("sd_model_checkpoint")
+        model = reload(sd_model, info, forced_reload)
+        w.shared.opts.data["sd_model_checkpoint"] = before
+        return model
+
+    monkeypatch.setattr(w.sd_models, "reload_model_weights", reforge_reload)
+    s, recipe = _session(w)
+    s.merge_live(recipe(0.5))                                    # loads A first
+    merged = snapshot(w.shared.sd_model)
+    out = processing.process_images(processing.StableDiffusionProcessing())
+    assert w.shared.opts.data["sd_model_checkpoint"] == info["a"].title
+    assert not diff_keys(merged, out.images[0]) and s.live is not None and s.live.dirty
