@@ -267,7 +267,7 @@ class Session:
             return None
         lg = livegroups.build(plan, sources, targets, state, RatioResolver(plan.recipe, plan.arch, Presets()),
                               resolve_device(self.settings.compute_device),
-                              lambda slot, key: _cached_or_read(sources[slot], key))
+                              lambda slot, key: sources[slot].peek(key) if hasattr(sources[slot], "peek") else None)
         if lg is not None:
             lg.template, lg.fids = livegroups.template(plan.recipe), {s: src.fid for s, src in sources.items()}
         return lg
@@ -383,10 +383,3 @@ def _hash_inputs(recipe: Recipe, known: dict):
         return pool.submit(run)
     finally:
         pool.shutdown(wait=False)
-
-
-def _cached_or_read(src, key: str):
-    """A small key's source tensor for the groups' packed buffers: from the cache, or read again
-    when the cache budget did not keep it (the packed copy is held either way)."""
-    t = src.peek(key) if hasattr(src, "peek") else None
-    return t if t is not None else src.read(key)
