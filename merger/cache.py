@@ -2,7 +2,11 @@
 
 `SourceCache.open(path)` returns a `CachedSource` with the interface of `merger.io.Source`
 (keys / info / __contains__ / read). Entries are keyed by (realpath, size, mtime_ns, tensor key):
-a file changed on disk is a different file. Eviction is least-recently-used within a byte budget.
+a file changed on disk is a different file. Eviction is least-recently-used within a byte budget,
+except for the files of the merge in progress (`hold`): a sweep reads the same files in the same
+order at every merge, and LRU would evict each tensor just before it is needed again (with sources
+larger than the budget nothing would ever hit). Their tensors stay; what no longer fits is read
+from the file each time, so a sweep hits the cache for the budget's worth of tensors.
 Cached tensors are shared, never copied on read: callers (the engine's kernels) must not modify
 what `read` returns without a buffer (DESIGN.md: kernels are pure).
 
@@ -75,6 +79,21 @@ class SourceCache:
         self._misses = 0
         self._derived_hits = 0
         self._derived_misses = 0
+        self._held: frozenset = frozenset()
+        self._unheld = 0            # entries not of the held files (evictable during a merge)
+
+    def hold(self, fids) -> None:
+        """The files of the merge now starting: their tensors (and derived tensors of exactly these
+        files) are not evicted for one another; tensors of other files are, least recent first."""
+        with self._lock:
+            self._held = frozenset(fids)
+            self._unheld = sum(1 for ck in self._lru if not self._is_held(ck))
+
+    def _is_held(self, ck: tuple) -> bool:
+        fid, key = ck
+        if fid == _DERIVED:
+            return bool(self._held) and set(key[0]) <= self._held
+        return fid in self._held
 
     # ---- files ---------------------------------------------------------------------------
     def open(self, path: str, label: str = "model A") -> "CachedSource":
@@ -92,7 +111,7 @@ class SourceCache:
         """Drop every file id (and its tensors) of an older version of `realpath`."""
         for old in [f for f in self._sources if f.realpath == realpath]:
             for k in [k for k in self._lru if k[0] == old or (k[0] == _DERIVED and old in k[1][0])]:
-                self._bytes -= _nbytes(self._lru.pop(k))
+                self._drop(k)
             src = self._sources.pop(old)
             close = getattr(src, "close", None)
             if close:
@@ -144,10 +163,17 @@ class SourceCache:
         n = _nbytes(t)
         if n > self._budget or ck in self._lru:
             return
-        self._evict(self._budget - n)
+        self._evict(self._budget - n, keep_held=True)
+        if self._bytes + n > self._budget:
+            return                  # full of the held files' tensors: this one is read again next time
         t = self._maybe_gpu(t)
         self._lru[ck] = t
         self._bytes += n
+        self._unheld += not self._is_held(ck)
+
+    def _drop(self, ck: tuple) -> None:
+        self._bytes -= _nbytes(self._lru.pop(ck))
+        self._unheld -= not self._is_held(ck)
 
     def _maybe_gpu(self, t: torch.Tensor) -> torch.Tensor:
         """Move to the cache GPU when free VRAM exceeds the tensor + a reserve."""
@@ -159,10 +185,20 @@ class SourceCache:
             return t
         return t.to(self._gpu) if free > _nbytes(t) + self._gpu_reserve else t
 
-    def _evict(self, limit: int) -> None:
-        while self._lru and self._bytes > max(0, limit):
-            _, old = self._lru.popitem(last=False)
-            self._bytes -= _nbytes(old)
+    def _evict(self, limit: int, keep_held: bool = False) -> None:
+        limit = max(0, limit)
+        if self._bytes <= limit:
+            return
+        if not keep_held or not self._held:
+            while self._lru and self._bytes > limit:
+                self._drop(next(iter(self._lru)))
+            return
+        if not self._unheld:
+            return
+        for ck in [ck for ck in self._lru if not self._is_held(ck)]:
+            self._drop(ck)
+            if self._bytes <= limit:
+                return
 
     def set_budget(self, budget_bytes: int) -> None:
         with self._lock:
@@ -173,7 +209,7 @@ class SourceCache:
         """Drop every cached tensor and close every file."""
         with self._lock:
             self._lru.clear()
-            self._bytes = 0
+            self._bytes = self._unheld = 0
             for src in self._sources.values():
                 close = getattr(src, "close", None)
                 if close:

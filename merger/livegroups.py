@@ -125,8 +125,8 @@ def _ratio_class(plan: Plan, resolver, kp) -> tuple:
 
 def build(plan: Plan, sources: dict, targets: dict, state: LiveState, resolver, device, peek) -> LiveGroups | None:
     """Group the merged keys of `plan` (just written into the live model by the per-key path).
-    `peek(slot, key)`: the cached source tensor or None (then nothing is grouped: the sources do not
-    all fit the cache, and holding them here would break its budget)."""
+    `peek(slot, key)`: a small key's source tensor (from the cache, or read again when the cache did
+    not keep it: the packed buffers copy it either way); None leaves nothing grouped."""
     device = torch.device(device)
     compute = plan.compute_dtype
     by_class: dict = {}

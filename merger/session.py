@@ -152,7 +152,9 @@ class Session:
 
     def _open(self, recipe: Recipe) -> dict:
         from .plan import source_paths
-        return {s: self.cache.open(p, f"model {s.upper()}") for s, p in source_paths(recipe).items()}
+        sources = {s: self.cache.open(p, f"model {s.upper()}") for s, p in source_paths(recipe).items()}
+        self.cache.hold(src.fid for src in sources.values())
+        return sources
 
     # ---- live merge -------------------------------------------------------------------------
     def merge_live(self, recipe: Recipe, progress=None):
@@ -267,7 +269,7 @@ class Session:
             return None
         lg = livegroups.build(plan, sources, targets, state, RatioResolver(plan.recipe, plan.arch, Presets()),
                               resolve_device(self.settings.compute_device),
-                              lambda slot, key: sources[slot].peek(key) if hasattr(sources[slot], "peek") else None)
+                              lambda slot, key: _cached_or_read(sources[slot], key))
         if lg is not None:
             lg.template, lg.fids = livegroups.template(plan.recipe), {s: src.fid for s, src in sources.items()}
         return lg
@@ -383,3 +385,10 @@ def _hash_inputs(recipe: Recipe, known: dict):
         return pool.submit(run)
     finally:
         pool.shutdown(wait=False)
+
+
+def _cached_or_read(src, key: str):
+    """A small key's source tensor for the groups' packed buffers: the cached one, or read again
+    when the cache budget did not keep it (the packed buffers hold a copy either way)."""
+    t = src.peek(key) if hasattr(src, "peek") else None
+    return t if t is not None else src.read(key)

@@ -115,3 +115,42 @@ def test_prompt_lora_sits_on_merged_weights_and_removal_returns_to_merged(tmp_pa
     assert not diff_keys(orig, out.images[0])
     out = processing.process_images(processing.StableDiffusionProcessing(loras=lora))
     assert torch.allclose(out.images[0][key].float(), orig[key].float() + 0.25, atol=2e-3)
+
+
+def test_held_files_are_not_evicted_for_each_other(tmp_path):
+    """Sources larger than the budget: LRU would evict each tensor just before a sweep needs it again
+    (nothing would ever hit). The merge's own files are held: what fits stays, the rest is re-read."""
+    from merger.cache import SourceCache
+    w = make_world(tmp_path)
+    opener = CountingOpener()
+    cache = SourceCache(2000, opener=opener)
+    a, b = cache.open(w.paths["a"], "model A"), cache.open(w.paths["b"], "model B")
+    cache.hold([a.fid, b.fid])
+    keys = [k for k in a.keys() if k in b][:60]
+
+    def sweep():
+        n = opener.total()
+        for k in keys:
+            a.read(k)
+            b.read(k)
+        return opener.total() - n
+    first = sweep()
+    st = cache.stats()
+    assert first == 2 * len(keys) and 0 < st.bytes <= 2000 and st.entries < 2 * len(keys)
+    again = sweep()
+    assert again == 2 * len(keys) - st.entries          # every cached tensor hits, every time
+    assert sweep() == again and cache.stats().entries == st.entries
+    # Another merge (other files held): the old files' tensors give way, least recent first.
+    c = cache.open(w.paths["c"], "model C")
+    cache.hold([a.fid, c.fid])
+    n = opener.total()
+    for k in keys[:5]:
+        c.read(k)
+    assert cache.stats().bytes <= 2000
+    assert all(cache.peek(c.fid, k) is not None for k in keys[:5])     # B's tensors made room
+    assert all(cache.peek(a.fid, k) is not None for k in keys[:3])     # A is held: kept
+    for k in keys[:5]:
+        c.read(k)
+    assert opener.total() == n + 5
+    cache.set_budget(0)                                  # a smaller budget drops held tensors too
+    assert cache.stats().entries == 0

@@ -172,3 +172,21 @@ def test_moved_parameters_drop_the_groups(tmp_path):
     s.restore()
     want = _per_key(w, _recipe(w, alpha=0.6))
     assert_same_bits(got, want)
+
+
+@pytest.mark.parametrize("cache_gb", [0.0, 1e-6])
+def test_groups_form_when_the_cache_keeps_nothing(tmp_path, cache_gb):
+    """With no cache (or one too small for the sources, the WebUI default beside two SDXL files) the
+    small keys are read again for the packed buffers: re-merges still take the grouped path."""
+    from merger.settings import Settings
+    w = make_world(tmp_path, no_half=True)
+    s = _session(w, settings=Settings(cache_gb=cache_gb))
+    s.merge_live(_recipe(w, alpha=0.3))
+    lg = s.live.groups
+    assert lg is not None and len(lg.grouped) > 100
+    second = _recipe(w, alpha=0.6)
+    s.merge_live(second)
+    assert s.live.groups is lg
+    grouped = snapshot(w.model)
+    s.restore()
+    assert_same_bits(grouped, _per_key(w, second))
