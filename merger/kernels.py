@@ -23,6 +23,7 @@ from .errors import AlloyError, TensorValueError
 from .methods import KeyContext
 
 CHUNK = 1 << 20
+ROW_CHUNK = 1 << 17    # rows along the last dim (extract): a dozen passes over each chunk, whose buffers then stay in L2
 HALO_CHUNK = 1 << 22
 SHORT_ROWS = 8         # rows of a row-wise method at most this long go through column-major buffers   # rows per chunk of methods with a halo: the halo's share of the work stays small
 _CHECKABLE = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -106,6 +107,8 @@ class FiniteCheck:
         if t.dtype not in _CHECKABLE or t.numel() == 0:
             return
         self.seq += 1
+        if len(keys) == 1:
+            t = _dense(t)         # a reduction over a transposed view is an order of magnitude slower
         if not self.defer:
             limit = _limit(out_dtype)
             if limit >= torch.finfo(t.dtype).max and math.isfinite(float(t.sum())):
@@ -147,6 +150,15 @@ class FiniteCheck:
             _refuse(key, finite)
 
 
+def _dense(t: torch.Tensor) -> torch.Tensor:
+    """The same elements as a contiguous view when t is a permutation of a dense block (the
+    column-major chunks of short rows), else t."""
+    if t.is_contiguous():
+        return t
+    v = t.permute(sorted(range(t.dim()), key=lambda d: -t.stride(d)))
+    return v if v.is_contiguous() else t
+
+
 def _chunked(fn, srcs: dict, dst: torch.Tensor, *, alpha, beta, gamma, ctx, scratch, check, keys, starts,
              out_dtype, rows: int = 0, columns: bool = False, alias_a: bool = False) -> None:
     """Apply fn over aligned chunks of the flat (rows == 0) or 2-D (rows-per-chunk) inputs.
@@ -173,7 +185,7 @@ def _chunked(fn, srcs: dict, dst: torch.Tensor, *, alpha, beta, gamma, ctx, scra
         e = min(n, s + step)
         part = dst[s:e] if (s, e) != (0, n) else dst
         out = part if direct_out else buffer("out", part.shape)
-        ctx.out = out
+        ctx.out, ctx.scratch = out, scratch
         c = srcs.get("c")
         a = srcs["a"][s:e]
         a = out.copy_(a) if alias_a and direct_out and (a.dtype != cd or a.device != dev) else piece("a", a)
@@ -182,7 +194,7 @@ def _chunked(fn, srcs: dict, dst: torch.Tensor, *, alpha, beta, gamma, ctx, scra
         check.add(keys, [x - s for x in starts] if len(keys) > 1 else starts, res, out_dtype)
         if not direct_out or res.data_ptr() != out.data_ptr():
             part.copy_(res)
-    ctx.out = None
+    ctx.out = ctx.scratch = None
 
 
 def merge_span(method, srcs: dict, dst: torch.Tensor, *, alpha, beta, gamma, ctx, scratch, check, keys,
@@ -209,8 +221,9 @@ def merge_rows(method, kp, t: dict, dst: torch.Tensor, *, gamma, stats, scratch,
     ctx = KeyContext(key=kp.key, stats=stats)
     halo = method.halo
     if not halo:
+        limit = ROW_CHUNK if method.rowwise == "last" else CHUNK
         _chunked(method.fn, srcs, d2, alpha=kp.alpha, beta=kp.beta, gamma=gamma, ctx=ctx, scratch=scratch,
-                 check=check, keys=[kp.key], starts=[0], out_dtype=kp.out_dtype, rows=max(1, CHUNK // width),
+                 check=check, keys=[kp.key], starts=[0], out_dtype=kp.out_dtype, rows=max(1, limit // width),
                  columns=method.rowwise == "last" and d2.dim() == 2 and 1 < width <= SHORT_ROWS)
         return
     n = d2.shape[0]

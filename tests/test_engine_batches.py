@@ -157,3 +157,36 @@ def test_file_sink_that_could_not_begin_reports_the_real_error(tmp_path):
         for s in sources.values():
             s.close()
     assert out.read_bytes() == b"keep me"
+
+
+@pytest.mark.parametrize("defer", [True, False])
+def test_finite_check_of_a_column_major_chunk(defer):
+    """Short rows run through column-major chunks (a transposed view): the check reads them as the
+    dense block they are, and still finds an overflow or a NaN wherever it is."""
+    for bad, match in ((7e4, "too large"), (float("nan"), "NaN or infinite")):
+        t = torch.randn(3, 50).t()                   # (50, 3), strides (1, 50)
+        assert not t.is_contiguous() and kernels._dense(t).is_contiguous()
+        chk = kernels.FiniteCheck(defer=defer)
+        chk.add(["fine"], [0], t, torch.float16)
+        chk.flush()
+        t[37, 2] = bad
+        with pytest.raises(AlloyError, match=f"k .*{match}"):
+            chk.add(["k"], [0], t, torch.float16)
+            chk.flush()
+    odd = torch.randn(4, 6)[:, ::2]                  # not a permutation of a dense block: left as it is
+    assert kernels._dense(odd) is odd
+
+
+def test_kernel_temporaries_come_from_the_scratch_in_the_same_memory_order():
+    from merger.methods.base import KeyContext, temp
+    scratch = kernels.Scratch(torch.float32, "cpu", n=64)
+    col = torch.empty(3, 40).t()
+    ctx = KeyContext(key="k", scratch=scratch)
+    t1 = temp(ctx, "x.one", col)
+    assert t1.shape == col.shape and t1.stride() == col.stride()
+    assert t1.data_ptr() == scratch.get("x.one", 120).data_ptr()
+    assert temp(ctx, "x.one", col).data_ptr() == t1.data_ptr()              # reused
+    assert temp(ctx, "x.two", col).data_ptr() != t1.data_ptr()
+    half = temp(ctx, "x.one", col.half())                                   # another dtype: a new tensor
+    assert half.dtype == torch.float16 and half.stride() == col.stride()
+    assert temp(KeyContext(key="k"), "x.one", col).stride() == col.stride()  # no scratch

@@ -25,12 +25,27 @@ class KeyContext:
     stats: the object ``Method.finalize`` returned (cosine modes), else None.
     out: a buffer of a's shape and dtype to write the result into, or None.
     generator: a per-key seeded generator (unused by the current methods; kept for DESIGN.md).
+    scratch: the executor's reused chunk buffers (`merger.kernels.Scratch`) for a kernel's
+        temporaries (`temp`), or None.
     """
 
     key: str = ""
     stats: object | None = None
     out: torch.Tensor | None = None
     generator: torch.Generator | None = None
+    scratch: object | None = None
+
+
+def temp(ctx: KeyContext, name: str, like: torch.Tensor) -> torch.Tensor:
+    """An uninitialised tensor of `like`'s shape, dtype, device and memory order (a column-major
+    chunk stays column-major): a reused buffer of ctx.scratch when there is one, else a new tensor.
+    Names starting with the kernel's own name keep kernels' buffers apart."""
+    s = ctx.scratch
+    if s is None or s.dtype != like.dtype or s.device != like.device:
+        return torch.empty_like(like)
+    order = sorted(range(like.dim()), key=lambda d: -like.stride(d))
+    dense = s.get(name, like.numel()).view([like.shape[d] for d in order])
+    return dense.permute(sorted(range(like.dim()), key=order.__getitem__))
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import AlloyError
-from .base import KeyContext, copy_of
+from .base import KeyContext, copy_of, temp
 
 EPS = 1e-8
 
@@ -51,10 +51,10 @@ def extract(a, b, c, *, alpha, beta, gamma, ctx: KeyContext):
     """A + lerp(B − A, C − A, α)·lerp(d, 1 − d, β), d = ((cos_last(B − A, C − A) + 1)/2)^γ."""
     if a.dim() == 0:
         return copy_of(a, ctx)
-    da = torch.sub(b, a)
-    db = torch.sub(c, a)
+    da = torch.sub(b, a, out=temp(ctx, "extract.da", a))
+    db = torch.sub(c, a, out=temp(ctx, "extract.db", a))
     cos = _cos_last(da, db).clamp_(-1, 1).unsqueeze_(-1)
     d = cos.add_(1).div_(2).pow_(gamma)
     weight = torch.lerp(d, 1 - d, float(beta))
-    mix = torch.lerp(da, db, float(alpha), out=ctx.out if ctx.out is not None else da)
-    return mix.mul_(weight).add_(a)
+    mix = torch.lerp(da, db, float(alpha), out=da)
+    return torch.addcmul(a, mix, weight, out=ctx.out if ctx.out is not None else mix)
