@@ -39,6 +39,46 @@ def test_equal_magnitudes_are_taken_in_index_order():
     assert not top_mask(tau.abs(), 0).any() and top_mask(tau.abs(), 6).all()
 
 
+def _top_mask_by_kthvalue(mag, k):
+    """The rule of the module docstring, spelled out with torch.kthvalue and a stable sort."""
+    flat = mag.reshape(-1)
+    n = flat.numel()
+    if k <= 0 or k >= n:
+        return torch.full(mag.shape, k >= n)
+    v = torch.kthvalue(flat, n - k + 1).values
+    if float(v) == 0.0:
+        return (flat >= 0).reshape(mag.shape)
+    order = torch.sort(-flat.double(), stable=True).indices       # largest first, ties by index
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[order[:k]] = True
+    return mask.reshape(mag.shape)
+
+
+@pytest.mark.parametrize("case", ["noise", "ties", "zeros", "inf", "tiny"])
+def test_counting_selection_equals_kthvalue_on_large_tensors(case):
+    """Float32 CPU tensors of ≥ 65,536 entries take the two counting passes instead of kthvalue:
+    the same threshold, the same counts, the same mask (ties by index)."""
+    from merger.methods.sparsify import RADIX_MIN, kth_largest
+    g = torch.Generator().manual_seed(5)
+    mag = torch.randn(300, 700, generator=g).abs()
+    if case == "ties":
+        mag = (mag * 4).round() / 4                     # few distinct values: huge tie sets
+    elif case == "zeros":
+        mag[mag < 1.0] = 0.0
+    elif case == "inf":
+        mag[::7, ::11] = float("inf")
+    elif case == "tiny":
+        mag = mag * 1e-42                               # subnormal values
+    flat = mag.reshape(-1)
+    n = flat.numel()
+    assert n >= RADIX_MIN
+    for k in (1, 2, 17, n // 10, n // 2, n - 1000, n - 1, 3001):
+        v, above, equal = kth_largest(flat, k)
+        assert float(v) == float(torch.kthvalue(flat, n - k + 1).values)
+        assert above == int((flat > v).sum()) and equal == int((flat == v).sum()) and above < k <= above + equal
+        assert torch.equal(top_mask(mag, k), _top_mask_by_kthvalue(mag, k)), (case, k)
+
+
 def test_zero_ties_change_no_value():
     tau = torch.tensor([0.0, 3.0, 0.0, 0.0, -1.0, 0.0])
     assert trim(tau, 0.5).tolist() == [0.0, 3.0, 0.0, 0.0, -1.0, 0.0]
@@ -168,3 +208,53 @@ def test_a_non_finite_input_is_never_trimmed_away(bad):
     for mode in ("task_arithmetic", "ties", "breadcrumbs", "model_stock", "geometric_median"):
         got = run(mode, base, tuned, density=0.04, outliers=0.2)
         assert not torch.isfinite(got).all(), mode
+
+
+def _trim_by_masked_fill(tau, density):
+    from merger.methods.sparsify import _magnitude
+    keep = _top_mask_by_kthvalue(_magnitude(tau), kept_count(density, tau.numel()))
+    keep |= ~torch.isfinite(tau)
+    return tau.clone().masked_fill_(~keep, 0)
+
+
+def _disjoint_mean_by_masks(taus, weights):
+    gamma = sum(t * w for t, w in zip(taus, weights))
+    bad = ~torch.isfinite(gamma)
+    gamma = gamma.sign()
+    num, den = torch.zeros_like(gamma), torch.zeros_like(gamma)
+    for tau, w in zip(taus, weights):
+        agree = torch.sign(tau).mul_(gamma).gt_(0)
+        num.addcmul_(tau, agree, value=float(w))
+        den.add_(agree, alpha=float(w))
+    none = den == 0
+    num.div_(den.masked_fill_(none, 1.0)).masked_fill_(none, 0.0)
+    return num.masked_fill_(bad, float("nan"))
+
+
+def _bits(x):
+    return x.contiguous().view(torch.int32)
+
+
+@pytest.mark.parametrize("size", [40, 70_000])
+def test_trim_and_disjoint_mean_keep_the_bits_of_the_masked_fill_rule(size):
+    """trim_ multiplies by the mask and adds +0, disjoint_mean skips passes it does not need: the
+    bits equal the plain masked_fill formulation, signed zeros, ties, NaN and inf included."""
+    from merger.methods.sparsify import trim_
+    from merger.methods.taskvec import disjoint_mean
+    g = torch.Generator().manual_seed(11)
+    tau = (torch.randn(size, generator=g) * 4).round() / 4      # many ties and ±0
+    tau[::9] = -0.0
+    for density in (0.0, 0.1, 0.5, 0.9, 1.0):
+        assert torch.equal(_bits(trim_(tau.clone(), density)), _bits(_trim_by_masked_fill(tau, density)))
+    odd = tau.clone()
+    odd[5], odd[17] = float("inf"), float("nan")
+    for density in (0.0, 1e-9, 0.3):
+        got, want = trim_(odd.clone(), density), _trim_by_masked_fill(odd, density)
+        assert torch.equal(got.isnan(), want.isnan())
+        assert torch.equal(_bits(got.nan_to_num(nan=7.0)), _bits(want.nan_to_num(nan=7.0)))
+    taus = [trim_(((torch.randn(size, generator=g) * 2).round() / 2), 0.5) for _ in range(3)]
+    for weights in ((1.0, 1.0, 1.0), (0.5, -0.5, 1.0), (1.0, -1.0, 0.25)):   # weights that cancel
+        assert torch.equal(_bits(disjoint_mean(taus, weights)), _bits(_disjoint_mean_by_masks(taus, weights)))
+    taus[1][3] = float("nan")
+    got = disjoint_mean(taus, (1.0, 1.0, 1.0))
+    assert got[3].isnan() and torch.equal(got.isnan(), _disjoint_mean_by_masks(taus, (1.0, 1.0, 1.0)).isnan())

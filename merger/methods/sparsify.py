@@ -36,20 +36,54 @@ def kept_count(fraction: float, n: int) -> int:
 def top_mask(mag: torch.Tensor, k: int) -> torch.Tensor:
     """Boolean mask of mag's shape selecting its k largest entries (mag ≥ 0; ties: lower index first,
     except that tied zeros are all selected, see the module docstring)."""
+    return _top(mag, k)[0]
+
+
+def _top(mag: torch.Tensor, k: int) -> tuple:
+    """(top_mask(mag, k), the k-th largest value as a float, or None when k ≤ 0 or k ≥ n)."""
     flat = mag.reshape(-1)
     n = flat.numel()
     if k <= 0:
-        return torch.zeros(mag.shape, dtype=torch.bool, device=mag.device)
+        return torch.zeros(mag.shape, dtype=torch.bool, device=mag.device), None
     if k >= n:
-        return torch.ones(mag.shape, dtype=torch.bool, device=mag.device)
-    v = torch.kthvalue(flat, n - k + 1).values
+        return torch.ones(mag.shape, dtype=torch.bool, device=mag.device), None
+    v, above, equal = kth_largest(flat, k)
+    if float(v) == 0.0 or (above is not None and k - above == equal):
+        return torch.ge(flat, v).reshape(mag.shape), float(v)      # every tie is taken
     mask = flat > v
-    if float(v) == 0.0:
-        return (mask | (flat == v)).reshape(mag.shape)
-    need = k - int(mask.sum())
+    need = k - (int(mask.sum()) if above is None else above)
     tied = torch.nonzero(flat == v).reshape(-1)
     mask[tied[:need]] = True
-    return mask.reshape(mag.shape)
+    return mask.reshape(mag.shape), float(v)
+
+
+RADIX_MIN = 1 << 16       # below this many entries kthvalue is as fast
+
+
+def kth_largest(flat: torch.Tensor, k: int) -> tuple:
+    """(v, above, equal): the k-th largest entry of the flat tensor (1 ≤ k ≤ n) as a 0-d tensor, the
+    number of entries > v and = v (None, None when not counted).
+
+    Float32 on the CPU (entries ≥ 0, so their bit patterns order as int32): two counting passes, the
+    top 16 bits then the low 16 bits of the bin that holds rank k; exact, and 3–4× faster than
+    torch's kthvalue (single-threaded selection). Otherwise torch.kthvalue."""
+    n = flat.numel()
+    if flat.dtype != torch.float32 or flat.device.type != "cpu" or n < RADIX_MIN:
+        return torch.kthvalue(flat, n - k + 1).values, None, None
+    bits = flat.contiguous().view(torch.int32)
+    high = torch.bitwise_right_shift(bits, 16)
+    b, above = _bin_of_rank(torch.bincount(high, minlength=1 << 15), k)
+    counts = torch.bincount(torch.bitwise_and(bits[high == b], 0xFFFF), minlength=1 << 16)
+    low, above_in_bin = _bin_of_rank(counts, k - above)
+    value = torch.tensor((b << 16) | low, dtype=torch.int32).view(torch.float32)
+    return value, above + above_in_bin, int(counts[low])
+
+
+def _bin_of_rank(counts: torch.Tensor, k: int) -> tuple:
+    """(the bin holding the k-th largest entry, the number of entries in higher bins)."""
+    from_top = counts.flip(0).cumsum(0)
+    j = int(torch.searchsorted(from_top, k))
+    return counts.numel() - 1 - j, int(from_top[j - 1]) if j else 0
 
 
 def _magnitude(tau: torch.Tensor) -> torch.Tensor:
@@ -59,9 +93,16 @@ def _magnitude(tau: torch.Tensor) -> torch.Tensor:
 
 def trim_(tau: torch.Tensor, density: float) -> torch.Tensor:
     """TIES trim in place: τ keeps its ⌈d·n⌉ entries of largest |τ|, 0 elsewhere; returns τ."""
-    keep = top_mask(_magnitude(tau), kept_count(density, tau.numel()))
-    keep |= ~torch.isfinite(tau)
-    return tau.masked_fill_(~keep, 0)
+    n = tau.numel()
+    k = kept_count(density, n)
+    keep, v = _top(_magnitude(tau), k)
+    if k >= n or v == 0.0:               # every entry is kept
+        return tau
+    if v is None or math.isinf(v):       # else every non-finite entry (|τ| = inf > v) is kept already
+        keep |= ~torch.isfinite(tau)
+    # τ·keep + 0 (a third of masked_fill_'s time): dropped entries become +0 as masked_fill_(…, 0)
+    # makes them; kept ones are unchanged (|τ| ≥ v > 0, or non-finite), so the bits are the same.
+    return tau.mul_(keep).add_(0.0)
 
 
 def trim(tau: torch.Tensor, density: float) -> torch.Tensor:

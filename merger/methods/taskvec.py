@@ -21,6 +21,8 @@ before it is looked at.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .sparsify import breadcrumb_, dare_, trim_
@@ -46,7 +48,8 @@ def disjoint_mean(taus, weights) -> torch.Tensor:
     """Elect γ = sign(Σ wᵢτᵢ), then τ = Σ wᵢmᵢτᵢ / Σ wᵢmᵢ with mᵢ = [τᵢ ≠ 0 and sign τᵢ = γ];
     0 where Σ wᵢmᵢ = 0; NaN where Σ wᵢτᵢ is not finite."""
     gamma = weighted_sum(taus, weights)
-    bad = ~torch.isfinite(gamma)
+    # A finite sum of γ has no NaN/inf terms: the isfinite pass (slow on the CPU) only when it is not.
+    bad = None if math.isfinite(float(gamma.sum())) else ~torch.isfinite(gamma)
     gamma.sign_()
     num = torch.zeros_like(gamma)
     den = torch.zeros_like(gamma)
@@ -56,8 +59,8 @@ def disjoint_mean(taus, weights) -> torch.Tensor:
         den.add_(agree, alpha=float(w))
     del gamma, agree
     none = den == 0
-    num.div_(den.masked_fill_(none, 1.0)).masked_fill_(none, 0.0)
-    return num.masked_fill_(bad, float("nan"))
+    num.div_(den.add_(none)).masked_fill_(none, 0.0)      # den + 1 where it is 0 (never −0: sums from +0)
+    return num if bad is None else num.masked_fill_(bad, float("nan"))
 
 
 def task_arithmetic(base, tuned, weights) -> torch.Tensor:
