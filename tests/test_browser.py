@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -34,6 +35,7 @@ def _wait_port(port: int, proc, timeout: float = 40.0) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if proc.poll() is not None:
+            proc.stdout.seek(0)
             raise AssertionError(f"the UI exited early: {proc.stdout.read()}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
@@ -59,8 +61,10 @@ def serving(argv_for_port, timeout: float = 40.0):
     """Run `python -c <argv_for_port(port)>` from the repository until the block ends; yields the URL."""
     port = _free_port()
     env = dict(os.environ, PYTHONPATH=str(REPO))
+    log = tempfile.TemporaryFile(mode="w+")     # a file, not a pipe: a full pipe would stall the server
     proc = subprocess.Popen([sys.executable, "-c", *argv_for_port(port)], cwd=str(REPO), env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=log, stderr=subprocess.STDOUT, text=True)
+    proc.stdout = log
     try:
         _wait_port(port, proc, timeout)
         yield f"http://127.0.0.1:{port}/"
@@ -70,6 +74,7 @@ def serving(argv_for_port, timeout: float = 40.0):
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+        log.close()
 
 
 def standalone_argv(models: Path, data: Path):
