@@ -12,10 +12,12 @@ Writing over the patched Parameters would fail (they are inference tensors) and,
 un-patch would put the pre-merge Parameters back. So before every write the WebUI's own
 `model_management.unload_all_models()` takes the patches off (the backups go back, the dict is
 emptied), and writes run under inference_mode. The next generation patches the LoRA on top of the
-merged weights."""
+merged weights. The WebUI call itself is the adapter's (merger/webui.py `unpatch_all`): this
+module imports nothing of the WebUI."""
 from __future__ import annotations
 
 import contextlib
+from typing import Callable
 
 import torch
 
@@ -27,16 +29,16 @@ def detected(model) -> bool:
     return getattr(model, "forge_objects", None) is not None
 
 
-def unpatch_all() -> None:
-    """Put every loaded ModelPatcher's backed-up Parameters back (ldm_patched's model_management)."""
-    from ldm_patched.modules import model_management
-    model_management.unload_all_models()
-
-
 class ForgeV1Live(ModuleLive):
+    """`unpatch()`: takes every loaded ModelPatcher's patches off (the WebUI's unload_all_models)."""
+
+    def __init__(self, model, unpatch: Callable[[], None]):
+        super().__init__(model)
+        self.unpatch = unpatch
+
     @contextlib.contextmanager
     def writing(self):
         with torch.inference_mode():
-            unpatch_all()
+            self.unpatch()
             reset_lora_state(self.model)
             yield

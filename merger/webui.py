@@ -87,7 +87,7 @@ class WebUIHost(Host):
         """The loaded model; reForge's / Forge Classic's with their ldm_patched LoRA handling."""
         from . import forge_v1
         model = self.sd_model()
-        return forge_v1.ForgeV1Live(model) if forge_v1.detected(model) else model
+        return forge_v1.ForgeV1Live(model, unpatch_all) if forge_v1.detected(model) else model
 
     def loaded_model_path(self) -> str | None:
         return getattr(self.sd_model(), "sd_model_checkpoint", None)
@@ -164,6 +164,13 @@ class WebUIHost(Host):
 
     def read_settings(self) -> Settings:
         return read_settings()
+
+
+def unpatch_all() -> None:
+    """reForge / Forge Classic: put every loaded ModelPatcher's backed-up Parameters back
+    (ldm_patched's model_management; see merger/forge_v1.py)."""
+    from ldm_patched.modules import model_management
+    model_management.unload_all_models()
 
 
 def checkpoint_info(path: str):
