@@ -277,10 +277,6 @@ class CachedSource:
         view = raw.view(t.dtype).reshape(t.shape) if t.numel() else torch.empty(t.shape, dtype=t.dtype)
         return view.copy_(t)
 
-    def peek(self, key: str) -> torch.Tensor | None:
-        """The cached tensor (shared) or None when it is not cached; never reads the file."""
-        return self._cache.peek(self.fid, key)
-
     def close(self) -> None:
         """No-op: the cache owns the file."""
 

@@ -21,6 +21,7 @@ import torch
 from .adjust import apply_adjust
 from .errors import AlloyError, TensorValueError
 from .methods import KeyContext
+from .methods.base import memory_order
 
 CHUNK = 1 << 20
 ROW_CHUNK = 1 << 17    # rows along the last dim (extract): a dozen passes over each chunk, whose buffers then stay in L2
@@ -155,7 +156,7 @@ def _dense(t: torch.Tensor) -> torch.Tensor:
     column-major chunks of short rows), else t."""
     if t.is_contiguous():
         return t
-    v = t.permute(sorted(range(t.dim()), key=lambda d: -t.stride(d)))
+    v = t.permute(memory_order(t))
     return v if v.is_contiguous() else t
 
 

@@ -123,10 +123,10 @@ def _ratio_class(plan: Plan, resolver, kp) -> tuple:
     return (kp.block, id(rule) if rule is not None else None, scaled, kp.out_dtype)
 
 
-def build(plan: Plan, sources: dict, targets: dict, state: LiveState, resolver, device, peek) -> LiveGroups | None:
-    """Group the merged keys of `plan` (just written into the live model by the per-key path).
-    `peek(slot, key)`: a small key's source tensor (from the cache, or read again when the cache did
-    not keep it: the packed buffers copy it either way); None leaves nothing grouped."""
+def build(plan: Plan, sources: dict, targets: dict, state: LiveState, resolver, device) -> LiveGroups | None:
+    """Group the merged keys of `plan` (just written into the live model by the per-key path). The
+    small keys' inputs are read from `sources` (the cache, or the file when the cache did not keep
+    them) into the packed buffers."""
     device = torch.device(device)
     compute = plan.compute_dtype
     by_class: dict = {}
@@ -163,10 +163,7 @@ def build(plan: Plan, sources: dict, targets: dict, state: LiveState, resolver, 
         for slot in plan.slots:
             buf = torch.empty(n, dtype=compute, device=device)
             views = [buf[s:s + math.prod(plan[k].shape)].view(plan[k].shape) for k, s in zip(g.keys, g.starts)]
-            tensors = [peek(slot, k) for k in g.keys]
-            if any(x is None for x in tensors):
-                return None
-            torch._foreach_copy_(views, tensors)
+            torch._foreach_copy_(views, [sources[slot].read(k) for k in g.keys])
             g.packed[slot] = buf
         g.out = torch.empty(n, dtype=compute, device=device)
         g.views = [g.out[s:s + math.prod(plan[k].shape)].view(plan[k].shape) for k, s in zip(g.keys, g.starts)]

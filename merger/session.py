@@ -233,12 +233,12 @@ class Session:
             for key in sink.written:
                 state.signatures[key] = sigs[key]
             state.recipe, state.identity, state.fids = final, identity, fids
+            report.keys_from_cache = self.cache.stats().hits - hits0 + packed      # before grouping reads
             if lg is None:
                 state.plan = plan
-                state.groups = self._group(plan, sources, targets, state)
+                state.groups = self._group(plan, sources, fids, targets, state)
             self.live = state
             report.recipe = final
-            report.keys_from_cache = self.cache.stats().hits - hits0 + packed
             report.warnings[:0] = notes + plan.notes
             self.host.on_live_changed(final)
             warning = self._record("live", final.to_dict(), seconds=round(report.seconds, 3),
@@ -263,15 +263,14 @@ class Session:
             livegroups.release(state)
         return build_plan(work, sources), None, None
 
-    def _group(self, plan, sources: dict, targets: dict, state: LiveState):
+    def _group(self, plan, sources: dict, fids: dict, targets: dict, state: LiveState):
         """Group the keys this merge wrote for the next re-merge (None when nothing fits)."""
         if plan.method.multi is not None or not plan.method.elementwise:
             return None
         lg = livegroups.build(plan, sources, targets, state, RatioResolver(plan.recipe, plan.arch, Presets()),
-                              resolve_device(self.settings.compute_device),
-                              lambda slot, key: _cached_or_read(sources[slot], key))
+                              resolve_device(self.settings.compute_device))
         if lg is not None:
-            lg.template, lg.fids = livegroups.template(plan.recipe), {s: src.fid for s, src in sources.items()}
+            lg.template, lg.fids = livegroups.template(plan.recipe), fids
         return lg
 
     def _abandon(self, model, state: LiveState, src_a) -> None:
@@ -385,10 +384,3 @@ def _hash_inputs(recipe: Recipe, known: dict):
         return pool.submit(run)
     finally:
         pool.shutdown(wait=False)
-
-
-def _cached_or_read(src, key: str):
-    """A small key's source tensor for the groups' packed buffers: the cached one, or read again
-    when the cache budget did not keep it (the packed buffers hold a copy either way)."""
-    t = src.peek(key) if hasattr(src, "peek") else None
-    return t if t is not None else src.read(key)

@@ -43,9 +43,15 @@ def temp(ctx: KeyContext, name: str, like: torch.Tensor) -> torch.Tensor:
     s = ctx.scratch
     if s is None or s.dtype != like.dtype or s.device != like.device:
         return torch.empty_like(like)
-    order = sorted(range(like.dim()), key=lambda d: -like.stride(d))
+    order = memory_order(like)
     dense = s.get(name, like.numel()).view([like.shape[d] for d in order])
     return dense.permute(sorted(range(like.dim()), key=order.__getitem__))
+
+
+def memory_order(t: torch.Tensor) -> list:
+    """t's dims from the outermost in memory to the innermost (largest stride first): permuted so,
+    a dense block in any memory order is contiguous."""
+    return sorted(range(t.dim()), key=lambda d: -t.stride(d))
 
 
 @dataclass(frozen=True)
