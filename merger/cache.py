@@ -277,6 +277,11 @@ class CachedSource:
         view = raw.view(t.dtype).reshape(t.shape) if t.numel() else torch.empty(t.shape, dtype=t.dtype)
         return view.copy_(t)
 
+    def cached(self, key: str) -> torch.Tensor | None:
+        """The cached tensor (shared: do not modify it), or None when the cache does not hold it;
+        nothing is read or counted."""
+        return self._cache.peek(self.fid, key)
+
     def close(self) -> None:
         """No-op: the cache owns the file."""
 

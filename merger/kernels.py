@@ -192,7 +192,8 @@ def _chunked(fn, srcs: dict, dst: torch.Tensor, *, alpha, beta, gamma, ctx, scra
         a = out.copy_(a) if alias_a and direct_out and (a.dtype != cd or a.device != dev) else piece("a", a)
         res = fn(a, piece("b", srcs["b"][s:e]), None if c is None else piece("c", c[s:e]),
                  alpha=alpha, beta=beta, gamma=gamma, ctx=ctx)
-        check.add(keys, [x - s for x in starts] if len(keys) > 1 else starts, res, out_dtype)
+        if check is not None:
+            check.add(keys, [x - s for x in starts] if len(keys) > 1 else starts, res, out_dtype)
         if not direct_out or res.data_ptr() != out.data_ptr():
             part.copy_(res)
     ctx.out = ctx.scratch = None
@@ -201,7 +202,8 @@ def _chunked(fn, srcs: dict, dst: torch.Tensor, *, alpha, beta, gamma, ctx, scra
 def merge_span(method, srcs: dict, dst: torch.Tensor, *, alpha, beta, gamma, ctx, scratch, check, keys,
                starts, out_dtype, chunk: int = 0) -> None:
     """Elementwise `method` over flat spans srcs[slot] → dst (keys[i] starts at element starts[i]),
-    in pieces of `chunk` elements (default CHUNK)."""
+    in pieces of `chunk` elements (default CHUNK). `check` None: the caller proved the results
+    finite and in range (merger.livegroups.proved)."""
     _chunked(method.fn, srcs, dst, alpha=alpha, beta=beta, gamma=gamma, ctx=ctx, scratch=scratch, check=check,
              keys=keys, starts=starts, out_dtype=out_dtype, rows=chunk, alias_a=method.out_aliases_a)
 

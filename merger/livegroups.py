@@ -17,7 +17,11 @@ rule, `self`'s excluded keys) and one output precision; keys are split in two ki
     executor's own chunked kernel.
 
 Either way each value goes through the same kernel in the same compute dtype and is rounded once
-to the live tensor's dtype, so results equal the per-key path bit for bit. A group is recomputed
+to the live tensor's dtype, so results equal the per-key path bit for bit. When the group is built
+the largest magnitude of each input is taken (the packed buffers, and each big key's tensors the
+cache holds; one transfer from the device): a re-merge whose method bounds its result
+(`Method.bound`) within the output dtype from those skips the result's NaN/overflow check (a
+pass over the output); any other result is checked as before. A group is recomputed
 only when its ratios changed (the per-key path's signature rule). Keys not eligible go through the
 per-key path (`rest`) in the same merge. Groups are dropped when anything else of the recipe, a
 source file or the live tensors changed; the next merge then takes the per-key path and regroups."""
@@ -29,7 +33,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from .errors import Interrupted, TensorValueError
-from .kernels import CHUNK, FiniteCheck, Scratch, merge_span
+from .kernels import CHUNK, FiniteCheck, Scratch, _limit, merge_span
 from .live import LiveState, _fp16_cache
 from .live_targets import direct
 from .methods import KeyContext
@@ -39,6 +43,7 @@ from .plan import Plan, inputs_text
 SMALL = 1 << 16          # keys up to this many elements are packed
 CPU_CHUNK = 1 << 18      # big keys on the CPU: pieces whose buffers stay in the L2 cache
 RATIO_FIELDS = ("alpha", "beta", "alpha_blocks", "beta_blocks", "dice", "hashes")
+SLACK = 1 + 2 ** -16     # a bound's margin for the kernel's rounding (a few float32 operations, 2**-24 each)
 
 
 def template(recipe) -> object:
@@ -61,6 +66,8 @@ class Group:
     out: torch.Tensor | None = None
     views: list = field(default_factory=list)       # views of `out` shaped like each small key
     big: list = field(default_factory=list)         # (key, `_slot`) of big keys
+    mags: dict | None = None                        # source slot → max |x| of its packed buffer
+    big_mags: list = field(default_factory=list)    # per big key: slot → max |x|, or None (not known)
 
 
 @dataclass
@@ -153,7 +160,9 @@ def build(plan: Plan, sources: dict, targets: dict, state: LiveState, resolver, 
             g.slots.append(_slot(t))
         else:
             g.big.append((kp.key, _slot(t)))
+    extremes = _Extremes()
     for g in by_class.values():
+        g.big_mags = [_cached_extremes(extremes, sources, plan.slots, key) for key, _ in g.big]
         if not g.keys:
             continue
         n = 0
@@ -165,14 +174,57 @@ def build(plan: Plan, sources: dict, targets: dict, state: LiveState, resolver, 
             views = [buf[s:s + math.prod(plan[k].shape)].view(plan[k].shape) for k, s in zip(g.keys, g.starts)]
             torch._foreach_copy_(views, [sources[slot].read(k) for k in g.keys])
             g.packed[slot] = buf
+        g.mags = {slot: extremes.add(g.packed[slot]) for slot in plan.slots}
         g.out = torch.empty(n, dtype=compute, device=device)
         g.views = [g.out[s:s + math.prod(plan[k].shape)].view(plan[k].shape) for k, s in zip(g.keys, g.starts)]
+    mag = extremes.values()
+    for g in by_class.values():
+        g.mags = None if g.mags is None else {s: mag[h] for s, h in g.mags.items()}
+        g.big_mags = [None if m is None else {s: mag[h] for s, h in m.items()} for m in g.big_mags]
     lg = LiveGroups(None, {}, plan, [g for g in by_class.values() if g.keys or g.big], rest, grouped, device=device)
     ptrs = lg.current_ptrs()
     if ptrs is None:
         return None
     lg.ptrs = ptrs
     return lg
+
+
+class _Extremes:
+    """Largest magnitudes of many tensors, moved to the host in one transfer per device."""
+
+    def __init__(self):
+        self.parts: dict = {}
+
+    def add(self, t: torch.Tensor) -> tuple:
+        """A handle for max |t| (inf when t holds NaN or inf)."""
+        part = self.parts.setdefault(t.device, [])
+        part.append(torch.stack(torch.aminmax(t)).double())
+        return t.device, len(part) - 1
+
+    def values(self) -> dict:
+        out = {}
+        for dev, part in self.parts.items():
+            for i, (lo, hi) in enumerate(torch.stack(part).tolist()):
+                out[dev, i] = max(-lo, hi) if math.isfinite(lo) and math.isfinite(hi) else math.inf
+        return out
+
+
+def _cached_extremes(extremes: _Extremes, sources: dict, slots, key: str) -> dict | None:
+    """Handles for max |x| of `key` in every source, when the cache holds them all (else None:
+    nothing is read for this)."""
+    held = [sources[s].cached(key) for s in slots]
+    if any(t is None for t in held):
+        return None
+    return {s: extremes.add(t) for s, t in zip(slots, held)}
+
+
+def proved(method, alpha: float, beta: float, gamma: float, mags: dict | None, out_dtype, compute) -> bool:
+    """True when `method`'s bound, from the inputs' magnitudes `mags`, shows every result value
+    finite and within both the compute and the output dtype (its check can be skipped)."""
+    if method.bound is None or mags is None or not all(math.isfinite(m) for m in mags.values()):
+        return False
+    bound = method.bound(alpha, beta, gamma, mags)
+    return math.isfinite(bound) and bound * SLACK <= min(_limit(out_dtype), torch.finfo(compute).max)
 
 
 def usable(lg: LiveGroups | None, recipe, fids: dict) -> bool:
@@ -237,16 +289,18 @@ def apply(lg: LiveGroups, new: list, sources: dict, *, progress=None, should_sto
                 ctx.key, ctx.out = g.rep, g.out
                 p = g.packed
                 res = method.fn(p["a"], p.get("b"), p.get("c"), alpha=alpha, beta=beta, gamma=gamma, ctx=ctx)
-                check.add(g.keys, g.starts, res, g.out_dtype)
+                if not proved(method, alpha, beta, gamma, g.mags, g.out_dtype, plan.compute_dtype):
+                    check.add(g.keys, g.starts, res, g.out_dtype)
                 if res.data_ptr() != g.out.data_ptr():
                     g.out.copy_(res)
                 torch._foreach_copy_([_live(s) for s in g.slots], g.views)
-            for key, slot in g.big:
+            for (key, slot), mags in zip(g.big, g.big_mags):
                 live = _live(slot)
                 t = {s: sources[s].read(key).reshape(-1) for s in plan.slots}
                 ctx.key, ctx.stats = key, None
-                merge_span(method, t, live.view(-1), alpha=alpha, beta=beta, gamma=gamma, ctx=ctx,
-                           scratch=scratch, check=check, keys=[key], starts=[0], out_dtype=g.out_dtype, chunk=chunk)
+                safe = proved(method, alpha, beta, gamma, mags, g.out_dtype, plan.compute_dtype)
+                merge_span(method, t, live.view(-1), alpha=alpha, beta=beta, gamma=gamma, ctx=ctx, scratch=scratch,
+                           check=None if safe else check, keys=[key], starts=[0], out_dtype=g.out_dtype, chunk=chunk)
             g.ratios = (alpha, beta)
             done += len(g.keys) + len(g.big)
             if progress is not None:

@@ -190,3 +190,61 @@ def test_groups_form_when_the_cache_keeps_nothing(tmp_path, cache_gb):
     grouped = snapshot(w.model)
     s.restore()
     assert_same_bits(grouped, _per_key(w, second))
+
+
+def test_groups_know_their_inputs_magnitudes(tmp_path, small):
+    """Built groups hold max |x| of each input: of the packed buffers, and of each big key the cache
+    holds (taken from the tensors themselves)."""
+    from safetensors.torch import load_file
+    w = make_world(tmp_path, no_half=True)
+    s = _session(w)
+    s.merge_live(_recipe(w, "add_difference", alpha=0.3))
+    files = {slot: load_file(p) for slot, p in w.paths.items()}
+    lg = s.live.groups
+    for g in lg.groups:
+        if g.keys:
+            assert g.mags == {slot: max(float(files[slot][k].abs().max()) for k in g.keys) for slot in "abc"}
+        for (key, _), mags in zip(g.big, g.big_mags):
+            assert mags == {slot: float(files[slot][key].abs().max()) for slot in "abc"}
+    assert sum(len(g.big) for g in lg.groups) == (0 if small > 4 else len(lg.grouped) - sum(len(g.keys) for g in lg.groups))
+
+
+def test_a_grouped_remerge_skips_the_check_only_where_the_bound_allows(tmp_path, monkeypatch, small):
+    """fp16 output: at α = 0.5 every result is bounded well below 65504 (no check); α = 1.8 with a
+    B key at 40000 is not (that key's results are checked, and refused)."""
+    from safetensors.torch import load_file, save_file
+    from merger.errors import AlloyError
+    from merger.kernels import FiniteCheck
+    w = make_world(tmp_path)
+    key = "model.diffusion_model.input_blocks.1.1.proj_in.weight"
+    sd = load_file(w.paths["b"])
+    sd[key] = torch.full_like(sd[key], 40000.0)
+    save_file(sd, w.paths["b"])
+    s = _session(w)
+    s.merge_live(_recipe(w, alpha=0.3, dtype="fp16"))
+    checked = []
+    add = FiniteCheck.add
+    monkeypatch.setattr(FiniteCheck, "add", lambda self, keys, *a: (checked.extend(keys), add(self, keys, *a)))
+    s.merge_live(_recipe(w, alpha=0.5, dtype="fp16"))
+    assert s.live.groups is not None and checked == []
+    with pytest.raises(AlloyError, match="too large for the output precision"):
+        s.merge_live(_recipe(w, alpha=1.8, dtype="fp16"))
+    assert key in checked
+
+
+def test_nan_in_a_source_is_still_refused_after_grouping(tmp_path, small):
+    """A NaN in A's file that the first merge did not use (α = 1 takes B as it is) makes A's
+    magnitude infinite: the next re-merge checks that key and refuses it."""
+    from safetensors.torch import load_file, save_file
+    from merger.errors import AlloyError
+    w = make_world(tmp_path, no_half=True, file_dtype=torch.float32)
+    key = "model.diffusion_model.input_blocks.1.1.proj_in.weight"
+    sd = load_file(w.paths["a"])
+    sd[key].view(-1)[3] = float("nan")
+    save_file(sd, w.paths["a"])                # the loaded model keeps its own (finite) copy
+    s = _session(w)
+    s.merge_live(_recipe(w, alpha=1.0))
+    assert s.live.groups is not None and key in s.live.groups.grouped
+    with pytest.raises(AlloyError, match="NaN or infinite") as e:
+        s.merge_live(_recipe(w, alpha=0.5))
+    assert key in str(e.value)

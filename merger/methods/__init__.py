@@ -33,15 +33,17 @@ def _build() -> MappingProxyType:
     """The registry as data: one Method per valid (mode, calc) pair."""
     normal = {
         "weight_sum": Method("weight_sum", "normal", basic.weight_sum, needs_c=False, uses_beta=False,
-                             uses_gamma=False, elementwise=True, summary="(1-a)*A + a*B", out_aliases_a=True),
+                             uses_gamma=False, elementwise=True, summary="(1-a)*A + a*B", out_aliases_a=True,
+                             bound=basic.weight_sum_bound),
         "add_difference": Method("add_difference", "normal", basic.add_difference, needs_c=True,
                                  uses_beta=False, uses_gamma=False, elementwise=True,
-                                 summary="A + a*(B-C)"),
+                                 summary="A + a*(B-C)", bound=basic.add_difference_bound),
         "triple_sum": Method("triple_sum", "normal", basic.triple_sum, needs_c=True, uses_beta=True,
-                             uses_gamma=False, elementwise=True, summary="(1-a-b)*A + a*B + b*C"),
+                             uses_gamma=False, elementwise=True, summary="(1-a-b)*A + a*B + b*C",
+                             bound=basic.triple_sum_bound),
         "sum_twice": Method("sum_twice", "normal", basic.sum_twice, needs_c=True, uses_beta=True,
                             uses_gamma=False, elementwise=True, summary="(1-b)*((1-a)*A + a*B) + b*C",
-                            out_aliases_a=True),
+                            out_aliases_a=True, bound=basic.sum_twice_bound),
     }
     methods = [
         *normal.values(),
@@ -58,7 +60,7 @@ def _build() -> MappingProxyType:
         Method("weight_sum", "tensor2", tensor.tensor2, needs_c=False, uses_beta=True, uses_gamma=False,
                elementwise=False, summary="a window of dim-1 slices from B"),
         Method("weight_sum", "self", scale.scale_self, needs_c=False, uses_beta=False, uses_gamma=False,
-               elementwise=True, uses_key=True, out_aliases_a=True,
+               elementwise=True, uses_key=True, out_aliases_a=True, bound=scale.scale_self_bound,
                summary="a*A (except to_out/proj_out/norm keys; a=0 leaves A)"),
         Method("add_difference", "trainDifference", train_difference.train_difference, needs_c=True,
                uses_beta=False, uses_gamma=False, elementwise=True,

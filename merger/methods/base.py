@@ -73,6 +73,11 @@ class Method:
         engine hands the kernel chunks of rows plus that many neighbours and keeps the chunk's own).
     out_aliases_a: the kernel's result is the same when ``ctx.out`` is ``a`` itself (it reads a[i]
         only before writing out[i]), so the engine may convert A straight into the destination.
+    bound: ``bound(alpha, beta, gamma, mags) -> float``, an upper bound on |result| given each
+        input's largest magnitude (``mags``: slot → max |x|, inf when the input holds NaN/inf),
+        including the kernel's float32 rounding; NaN or inf when nothing can be promised. A live
+        re-merge whose inputs' magnitudes are known skips the NaN/overflow check of a result whose
+        bound the output dtype holds (merger.livegroups). None: the result is always checked.
     multi: set for the multi-model modes (A + fine-tunes B…F), whose kernels take a list of models
         and are run through it instead of ``fn(a, b, c, …)``.
     """
@@ -96,6 +101,7 @@ class Method:
     summary: str = ""
     multi: object | None = None    # merger.methods.multi.MultiKernel for the multi-model modes
     out_aliases_a: bool = False
+    bound: Callable[[float, float, float, dict], float] | None = None
 
     def validate(self, alpha: float, beta: float, gamma: float) -> None:
         """Raise AlloyError when a ratio is not a finite number or is out of this method's range."""

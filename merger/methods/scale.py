@@ -23,3 +23,8 @@ def scale_self(a, b=None, c=None, *, alpha, beta=0.0, gamma=0.0, ctx: KeyContext
     if alpha == 0 or not is_scaled(ctx.key):
         return copy_of(a, ctx)
     return torch.mul(a, float(alpha), out=ctx.out) if ctx.out is not None else torch.mul(a, float(alpha))
+
+
+def scale_self_bound(alpha, beta, gamma, mags) -> float:
+    """|α·A| or |A|: at most max(1, |α|)·|A|."""
+    return max(1.0, abs(alpha)) * mags["a"]
