@@ -60,10 +60,11 @@ def test_compare_plot_and_weights_curve_render(page_url):
             _choose(page, "alloy_cmp_a", a)
             _choose(page, "alloy_cmp_b", b)
             page.click("#alloy_cmp_run")
-            img = page.wait_for_selector("#alloy_cmp_plot img", timeout=60000)
+            page.wait_for_selector("#alloy_cmp_plot img", timeout=60000)
             page.wait_for_function("() => { const i = document.querySelector('#alloy_cmp_plot img');"
                                    " return i && i.complete && i.naturalWidth > 600; }", timeout=30000)
-            compare_png = img.screenshot(path=str(tmp / "compare.png"))
+            # a locator, not the element handle: Gradio may replace the <img> while it loads
+            compare_png = page.locator("#alloy_cmp_plot img").screenshot(path=str(tmp / "compare.png"))
             table = page.inner_text("#alloy_cmp_table")
             page.click("#alloy_blocks >> text=Block weights")
             page.wait_for_function("() => { const i = document.querySelector('#alloy_weights_plot img');"
