@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from .errors import Interrupted, TensorValueError
-from .kernels import CHUNK, FiniteCheck, Scratch, _limit, merge_span
+from .kernels import FiniteCheck, Scratch, _limit, merge_span
 from .live import LiveState, _fp16_cache
 from .live_targets import direct
 from .methods import KeyContext
@@ -42,6 +42,8 @@ from .plan import Plan, inputs_text
 
 SMALL = 1 << 16          # keys up to this many elements are packed
 CPU_CHUNK = 1 << 18      # big keys on the CPU: pieces whose buffers stay in the L2 cache
+GPU_CHUNK = 1 << 24      # on a GPU: a whole key per piece (SDXL's largest: 14.7 Mi elements), so a re-merge
+                         # launches a few kernels per key, not per MiB (three float32 buffers, 64 MiB each)
 RATIO_FIELDS = ("alpha", "beta", "alpha_blocks", "beta_blocks", "dice", "hashes")
 SLACK = 1 + 2 ** -16     # a bound's margin for the kernel's rounding (a few float32 operations, 2**-24 each)
 
@@ -277,7 +279,7 @@ def apply(lg: LiveGroups, new: list, sources: dict, *, progress=None, should_sto
     inputs) or Interrupted; the caller then restores the original model."""
     plan, method, gamma = lg.plan, lg.plan.method, lg.plan.recipe.gamma
     check = FiniteCheck(defer=lg.device.type != "cpu")
-    scratch = Scratch(plan.compute_dtype, lg.device, CPU_CHUNK if lg.device.type == "cpu" else CHUNK)
+    scratch = Scratch(plan.compute_dtype, lg.device, CPU_CHUNK if lg.device.type == "cpu" else GPU_CHUNK)
     chunk = scratch.n
     ctx = KeyContext(key="")
     todo = [(g, r) for g, r in zip(lg.groups, new) if r is not None and r != g.ratios]

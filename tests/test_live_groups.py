@@ -43,9 +43,12 @@ def assert_same_bits(got: dict, want: dict) -> None:
 
 @pytest.fixture(params=[4, 1 << 16], ids=["big-keys", "packed"])
 def small(request, monkeypatch):
-    """SMALL = 4: most keys of the tiny model take the big-key path; the default packs them all."""
+    """SMALL = 4: most keys of the tiny model take the big-key path, in pieces of 37 elements (a
+    ragged last piece in most keys); the default packs them all."""
     from merger import livegroups
     monkeypatch.setattr(livegroups, "SMALL", request.param)
+    if request.param == 4:
+        monkeypatch.setattr(livegroups, "CPU_CHUNK", 37)
     return request.param
 
 
