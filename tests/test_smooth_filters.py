@@ -48,6 +48,14 @@ def test_median_chunks_and_layouts_do_not_change_the_result(monkeypatch):
     for chunk in (1, 200, 1 << 20):              # one row per chunk … everything at once
         monkeypatch.setitem(filters.CHUNK, "cpu", chunk)
         np.testing.assert_array_equal(filters.median3(torch.from_numpy(x)).numpy(), want)
+    # the GPU's configuration (whole-chunk operations, one worker) on the CPU
+    monkeypatch.setitem(filters.CHUNK, "cpu", filters.CHUNK["cuda"])
+    monkeypatch.setitem(filters.SEGMENT, "cpu", filters.SEGMENT["cuda"])
+    monkeypatch.setattr(filters, "THREADS", 1)
+    for shape in ((37, 29, 3, 3), (300, 7), (5000,)):
+        y = _data(shape, "normal", 6)
+        np.testing.assert_array_equal(filters.median3(torch.from_numpy(y)).numpy(),
+                                      scipy.ndimage.median_filter(y, size=3, mode="reflect"))
     t = torch.from_numpy(x).permute(2, 0, 3, 1)  # a non-contiguous input
     np.testing.assert_array_equal(filters.median3(t).numpy(), want.transpose(2, 0, 3, 1))
 
