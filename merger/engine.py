@@ -22,6 +22,7 @@ from .kernels import FiniteCheck, Scratch, _limit, merge_rows, merge_span, merge
 from .methods import KeyContext
 from .multiexec import derived_hit, merge_multi
 from .plan import SLOTS, KeyPlan, Plan, inputs_text
+from .precision import full_float32
 
 __all__ = ["execute", "Report", "Sink", "resolve_device", "BATCH_BYTES"]
 
@@ -309,6 +310,7 @@ def _prepass(plan: Plan, sources: dict, device, progress, should_stop) -> None:
     plan.stats = m.finalize(values, per_key) if m.keystats is not None else m.finalize(values)
 
 
+@full_float32()
 def execute(plan: Plan, sources: dict, sink: Sink, *, device="cpu", progress=None, should_stop=None,
             only_keys=None, derived=None) -> Report:
     """Produce every planned key (or only `only_keys`) through `sink`. Aborts the sink on any error.

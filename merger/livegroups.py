@@ -39,6 +39,7 @@ from .live_targets import direct
 from .methods import KeyContext
 from .methods.scale import is_scaled, scale_self
 from .plan import Plan, inputs_text
+from .precision import full_float32
 
 SMALL = 1 << 16          # keys up to this many elements are packed
 CPU_CHUNK = 1 << 18      # big keys on the CPU: pieces whose buffers stay in the L2 cache
@@ -272,6 +273,7 @@ def rest_plan(lg: LiveGroups, recipe, resolver) -> Plan:
     return Plan(recipe, p.arch, p.method, items, p.compute_dtype, adjust=p.adjust, vae={}, notes=[], slots=p.slots)
 
 
+@full_float32()
 def apply(lg: LiveGroups, new: list, sources: dict, *, progress=None, should_stop=None) -> tuple[int, int]:
     """Recompute every group whose ratios changed into the live tensors; returns (keys merged, source
     tensors taken from memory: the packed ones).

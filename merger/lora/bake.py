@@ -20,6 +20,7 @@ from merger.lora.common import LoraResult, block_weight_fn, common_arch, load_sp
 from merger.lora.keymap import build_index
 from merger.lora.linalg import module_delta
 from merger.lora.output import DTYPES, file_name, recipe_json, spec_names
+from merger.precision import full_float32
 
 
 def plan_bake(files, specs, arch: str, shapes: dict, presets, messages):
@@ -75,6 +76,7 @@ def out_dtype(name: str, native: torch.dtype) -> torch.dtype:
     return DTYPES[name]
 
 
+@full_float32()
 def bake(model: str, specs: list[LoraSpec], out: str, *, dtype: str = "fp16", overwrite: bool = False,
          presets: dict | None = None, device: str | None = "auto", progress=None, should_stop=None,
          hash_inputs: bool = True) -> LoraResult:

@@ -22,6 +22,7 @@ from merger.lora.common import LoraResult, overall, pick_device
 from merger.lora.keymap import kohya_names, kohya_target_kind
 from merger.lora.linalg import CLAMP_QUANTILE, check_quantile, clamp_factors, full_svd, top_svd
 from merger.lora.output import file_name, kohya_dims, network_metadata, parse_out_dtype, recipe_json, save_lora
+from merger.precision import full_float32
 
 PENDING_BYTES = 256 << 20     # flush batched SVDs when this much ΔW is waiting
 
@@ -49,6 +50,7 @@ def is_te(name: str) -> bool:
     return name.startswith("lora_te")
 
 
+@full_float32()
 def extract(tuned_path: str, base_path: str, out: str, *, rank: int, conv_rank: int | None = None,
             min_diff: float = 0.01, clamp_quantile: float | None = None, dtype: str | None = "fp32",
             exact: bool = False, overwrite: bool = False, device: str | None = "auto",

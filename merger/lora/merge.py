@@ -24,6 +24,7 @@ from merger.lora.common import LoraResult, block_weight_fn, common_arch, load_sp
 from merger.lora.linalg import (CLAMP_QUANTILE, check_quantile, clamp_factors, flat, lowrank_fro2, module_delta,
                                 orth_factor_svd, full_svd)
 from merger.lora.output import kohya_dims, network_metadata, parse_out_dtype, recipe_json, save_lora, spec_names
+from merger.precision import full_float32
 
 BATCH = 64      # modules of one shape per batched SVD call
 
@@ -120,6 +121,7 @@ def svd_full(delta2d, k, clamp_q):
     return up, down, n2, e2
 
 
+@full_float32()
 def merge_loras(specs: list[LoraSpec], out: str, *, mode: str = "svd", rank: int | None = None,
                 conv_rank: int | None = None, clamp_quantile: float | None = None, kohya_alpha: bool = False,
                 dtype: str | None = "keep", overwrite: bool = False, presets: dict | None = None,

@@ -18,6 +18,7 @@ from merger.lora.formats import load_lora
 from merger.lora.keymap import lora_arch
 from merger.lora.linalg import DYNAMIC, choose_rank, flat, orth_factor_svd, spectrum_stats
 from merger.lora.output import file_name, kohya_dims, parse_out_dtype, recipe_json, save_lora
+from merger.precision import full_float32
 
 BATCH = 64
 
@@ -40,6 +41,7 @@ def check_args(rank, dynamic, param, conv_rank=None):
         raise AlloyError("--conv-rank must be at least 1")
 
 
+@full_float32()
 def resize_lora(path: str, out: str, *, rank: int | None = None, dynamic: str | None = None,
                 param: float | None = None, conv_rank: int | None = None, dtype: str | None = "keep",
                 overwrite: bool = False, device: str | None = "auto", verbose: bool = False,
