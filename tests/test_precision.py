@@ -23,23 +23,60 @@ def tf32_on():
 
 
 def _flags():
-    return torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    """The settings as the program sees them: per backend where torch has that (≥ 2.9), else the
+    process-wide pair; inside full_float32() every one is IEEE float32."""
+    from merger.precision import _backends
+    per_backend = _backends()
+    if per_backend:
+        values = tuple(x.fp32_precision for x in per_backend)
+        return "strict" if set(values) == {"ieee"} else values
+    legacy = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    return "strict" if legacy == ("highest", False) else legacy
+
+
+def test_a_program_on_the_per_backend_settings_keeps_working():
+    """torch ≥ 2.9: a program that set `fp32_precision` per backend (reading the process-wide
+    setting then raises) still merges, and gets its settings back."""
+    m = getattr(torch.backends.cuda.matmul, "fp32_precision", None)
+    if m is None:
+        pytest.skip("torch < 2.9 has no per-backend settings")
+    conv = torch.backends.cudnn.conv
+    before = m, conv.fp32_precision
+    torch.backends.cuda.matmul.fp32_precision, conv.fp32_precision = "tf32", "tf32"
+    try:
+        with full_float32():
+            assert (torch.backends.cuda.matmul.fp32_precision, conv.fp32_precision) == ("ieee", "ieee")
+            assert torch.backends.mkldnn.matmul.fp32_precision == "ieee" and _flags() == "strict"
+        assert (torch.backends.cuda.matmul.fp32_precision, conv.fp32_precision) == ("tf32", "tf32")
+    finally:
+        torch.backends.cuda.matmul.fp32_precision, conv.fp32_precision = before
+
+
+def test_the_older_settings_are_used_where_torch_has_no_per_backend_ones(monkeypatch, tf32_on):
+    from merger import precision
+    monkeypatch.setattr(precision, "_backends", lambda: [])
+    with full_float32():
+        assert _flags() == "strict"
+    assert _flags() == ("high", True)
 
 
 def test_the_block_is_full_float32_and_the_settings_come_back(tf32_on):
-    assert _flags() == ("high", True)
+    program = _flags()
+    assert program != "strict"
     with full_float32():
-        assert _flags() == ("highest", False)
+        assert _flags() == "strict"
         with full_float32():
-            assert _flags() == ("highest", False)
-        assert _flags() == ("highest", False)
-    assert _flags() == ("high", True)
+            assert _flags() == "strict"
+        assert _flags() == "strict"
+    assert _flags() == program
     with pytest.raises(ValueError), full_float32():
         raise ValueError("a merge failed")
-    assert _flags() == ("high", True)
+    assert _flags() == program
+    assert torch.backends.cudnn.allow_tf32 and torch.get_float32_matmul_precision() == "high"   # A1111's, readable
 
 
 def test_overlapping_merges_on_threads_restore_only_when_the_last_ends(tf32_on):
+    program = _flags()
     entered, release = threading.Event(), threading.Event()
 
     def other():
@@ -50,10 +87,10 @@ def test_overlapping_merges_on_threads_restore_only_when_the_last_ends(tf32_on):
     with full_float32():
         t.start()
         entered.wait(10)
-    assert _flags() == ("highest", False)          # the other merge still runs
+    assert _flags() == "strict"                    # the other merge still runs
     release.set()
     t.join(10)
-    assert _flags() == ("high", True)
+    assert _flags() == program
 
 
 def _spy(monkeypatch, module, name, seen):
@@ -76,8 +113,8 @@ def test_file_and_live_merges_compute_in_full_float32(tf32_on, tmp_path, monkeyp
     s.merge_live(_recipe(w, alpha=0.6))              # the grouped path (livegroups.apply)
     assert s.live.groups is not None
     s.merge_to_file(_recipe(w, alpha=0.4), "alloy_precision_check")  # a file merge (engine.execute)
-    assert seen and set(seen) == {("highest", False)}
-    assert _flags() == ("high", True)
+    assert seen and set(seen) == {"strict"}
+    assert _flags() != "strict"
 
 
 def test_lora_tools_compute_in_full_float32(tf32_on, tmp_path, monkeypatch):
@@ -100,5 +137,5 @@ def test_lora_tools_compute_in_full_float32(tf32_on, tmp_path, monkeypatch):
     merge_loras([LoraSpec(l1, 1.0), LoraSpec(str(tmp_path / "x.safetensors"), -1.0)], str(tmp_path / "mm.safetensors"),
                 rank=2, device="cpu")
     resize_lora(str(tmp_path / "mm.safetensors"), str(tmp_path / "r.safetensors"), rank=1, device="cpu")
-    assert len(seen) > 3 and set(seen) == {("highest", False)}
-    assert _flags() == ("high", True)
+    assert len(seen) > 3 and set(seen) == {"strict"}
+    assert _flags() != "strict"
