@@ -116,11 +116,15 @@ def direct(t: Target) -> torch.Tensor | None:
 
 
 def write(t: Target, x: torch.Tensor, via: torch.dtype | None = None) -> None:
-    """Put file-layout tensor `x` into the live tensors (rounded through `via` when given).
-    Callers hold no_grad / inference_mode (the host's writing() context)."""
+    """Put file-layout tensor `x` into the live tensors (rounded through `via` when given), as
+    `convert` does but with the last conversion done by `copy_` itself (the same cast, no
+    temporary of the live tensor's size). Callers hold no_grad / inference_mode (the host's
+    writing() context)."""
     for live, p in zip(t.tensors(), parts(t, x)):
         if p is not live and p.data_ptr() != live.data_ptr():
-            live.data.copy_(convert(p, via, live.dtype, live.device))
+            if via is not None and via != live.dtype and p.is_floating_point() and live.dtype.is_floating_point:
+                p = p.to(dtype=via)
+            live.data.copy_(p)
 
 
 def put_back(t: Target, kept: tuple) -> None:
