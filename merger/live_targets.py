@@ -88,6 +88,43 @@ def bitwise_equal(x: torch.Tensor, y: torch.Tensor) -> bool:
     return torch.equal(x.contiguous().reshape(-1).view(torch.uint8), y.contiguous().reshape(-1).view(torch.uint8))
 
 
+CHECK_CHUNK = 1 << 20    # elements per piece of a file → live conversion (a buffer that stays in L2)
+
+
+def _pieces(live: torch.Tensor, a: torch.Tensor):
+    """Aligned flat pieces (live, a) of two contiguous tensors of one shape, or None when they are
+    not such a pair. The capture's check and every write convert the same pieces, so both take the
+    same path through torch's conversion (its vectorised and scalar loops give NaN different bits)."""
+    if (tuple(live.shape) != tuple(a.shape) or not (live.is_contiguous() and a.is_contiguous())
+            or live.device.type == "meta" or live.dtype.is_complex or live.numel() == 0):
+        return None
+    lf, af = live.reshape(-1), a.reshape(-1)
+    n = lf.numel()
+    step = CHECK_CHUNK if live.device.type == "cpu" else 1 << 24
+    return [(lf[s:s + step], af[s:s + step]) for s in range(0, n, step)]
+
+
+def _rounds(via, a: torch.Tensor, live: torch.Tensor) -> bool:
+    return via is not None and via != live.dtype and a.is_floating_point() and live.dtype.is_floating_point
+
+
+def reproduces(live: torch.Tensor, a: torch.Tensor, via: torch.dtype | None) -> bool:
+    """`convert(a, via, live.dtype, live.device)` equals `live` bit for bit, found piece by piece
+    through one reused buffer (no converted copy of the whole tensor, which costs a fresh
+    allocation and a pass over memory per key at the first merge)."""
+    pieces = _pieces(live, a)
+    if pieces is None:
+        return bitwise_equal(live, convert(a, via, live.dtype, live.device))
+    buf = torch.empty(pieces[0][0].numel(), dtype=live.dtype, device=live.device)
+    rounds = _rounds(via, a, live)
+    for lp, ap in pieces:
+        b = buf[:lp.numel()]
+        b.copy_(ap.to(dtype=via) if rounds else ap)
+        if not torch.equal(b.view(torch.uint8), lp.view(torch.uint8)):
+            return False
+    return True
+
+
 def convert(a: torch.Tensor, via: torch.dtype | None, dtype: torch.dtype, device) -> torch.Tensor:
     """File tensor → live representation: a.to(dtype), rounded through `via` first when given."""
     if via is not None and via != dtype and a.is_floating_point() and dtype.is_floating_point:
@@ -118,13 +155,15 @@ def direct(t: Target) -> torch.Tensor | None:
 def write(t: Target, x: torch.Tensor, via: torch.dtype | None = None) -> None:
     """Put file-layout tensor `x` into the live tensors (rounded through `via` when given), as
     `convert` does but with the last conversion done by `copy_` itself (the same cast, no
-    temporary of the live tensor's size). Callers hold no_grad / inference_mode (the host's
-    writing() context)."""
+    temporary of the live tensor's size), in the pieces `reproduces` compared. Callers hold
+    no_grad / inference_mode (the host's writing() context)."""
     for live, p in zip(t.tensors(), parts(t, x)):
-        if p is not live and p.data_ptr() != live.data_ptr():
-            if via is not None and via != live.dtype and p.is_floating_point() and live.dtype.is_floating_point:
-                p = p.to(dtype=via)
-            live.data.copy_(p)
+        if p is live or p.data_ptr() == live.data_ptr():
+            continue
+        rounds = _rounds(via, p, live)
+        pieces = _pieces(live.data, p)
+        for lp, ap in pieces if pieces is not None else [(live.data, p)]:
+            lp.copy_(ap.to(dtype=via) if rounds else ap)
 
 
 def put_back(t: Target, kept: tuple) -> None:
@@ -148,8 +187,7 @@ def matching_via(t: Target, a: torch.Tensor | None):
         if via is not None and (not a.is_floating_point() or all(live.dtype == via for live in lives)):
             continue
         try:
-            if all(bitwise_equal(live, convert(p, via, live.dtype, live.device))
-                   for live, p in zip(lives, parts(t, a))):
+            if all(reproduces(live, p, via) for live, p in zip(lives, parts(t, a))):
                 return True, via
         except (RuntimeError, TypeError):
             continue

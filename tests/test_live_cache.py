@@ -1,6 +1,7 @@
 """Source cache (no disk reads on re-merges), conversions and Lora backup handling."""
 import os
 
+import pytest
 import torch
 
 from tests.webui_standin.harness import CountingOpener, diff_keys, make_world, snapshot
@@ -154,3 +155,52 @@ def test_held_files_are_not_evicted_for_each_other(tmp_path):
     assert opener.total() == n + 5
     cache.set_budget(0)                                  # a smaller budget drops held tensors too
     assert cache.stats().entries == 0
+
+
+@pytest.mark.parametrize("chunk", [7, 1 << 20])
+def test_reproduces_equals_converting_the_whole_tensor(monkeypatch, chunk):
+    """The piecewise check of the first merge's capture gives the whole-tensor comparison's answer:
+    casts up and down, rounding through fp16, integers, signed zeros, a difference in the last
+    piece only; a NaN may fail the check at a piece boundary (then the key is kept as a copy), but
+    it never passes where the file does not reproduce the tensor."""
+    from merger import live_targets as lt
+    monkeypatch.setattr(lt, "CHECK_CHUNK", chunk)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(5, 9, generator=g)
+    x.view(-1)[4] = -0.0
+    zero = x.half().float()
+    zero.view(-1)[4] = 0.0                                        # +0 where the file has −0
+    last = x.half().float()
+    last.view(-1)[-1] += 1
+    cases = [(x.half(), x.half().float(), None, True), (x, x.half(), None, True),
+             (x, x.half().float(), torch.float16, True), (x, x.half().float(), None, False),
+             (x.bfloat16(), x.bfloat16().float(), None, True),
+             (torch.arange(77).reshape(1, 77), torch.arange(77).reshape(1, 77), None, True),
+             (x.half(), zero, None, False), (x.half(), last, None, False)]
+    for a, live, via, want in cases:
+        assert lt.bitwise_equal(live, lt.convert(a, via, live.dtype, live.device)) == want
+        assert lt.reproduces(live, a, via) == want, (a.dtype, live.dtype, via)
+    y = x.half()
+    y.view(-1)[3] = float("nan")
+    other_nan = y.float()
+    other_nan.view(torch.int32).view(-1)[3] ^= 1                  # another NaN payload
+    assert not lt.reproduces(other_nan, y, None)
+
+
+def test_write_converts_the_pieces_the_check_compared(monkeypatch):
+    """After a capture found that the file reproduces a live tensor (NaN included), writing the
+    file's tensor back gives exactly those bits."""
+    from merger import live_targets as lt
+    monkeypatch.setattr(lt, "CHECK_CHUNK", 7)
+    x = torch.randn(5, 9, generator=torch.Generator().manual_seed(2)).half()
+    x.view(-1)[3] = float("nan")
+    holder = torch.nn.Module()
+    live = torch.empty(5, 9)
+    holder.register_buffer("x", live)
+    t = lt.single(holder, "x")
+    lt.write(t, x)
+    assert lt.reproduces(holder.x, x, None)
+    kept = holder.x.clone()
+    holder.x.mul_(2)
+    lt.write(t, x)
+    assert torch.equal(holder.x.view(torch.int32), kept.view(torch.int32))
