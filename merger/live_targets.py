@@ -85,7 +85,7 @@ def bitwise_equal(x: torch.Tensor, y: torch.Tensor) -> bool:
     if x.numel() == 0:
         return True
     y = y.to(x.device)
-    return torch.equal(x.contiguous().reshape(-1).view(torch.uint8), y.contiguous().reshape(-1).view(torch.uint8))
+    return torch.equal(_bits(x.contiguous().reshape(-1)), _bits(y.contiguous().reshape(-1)))
 
 
 CHECK_CHUNK = 1 << 20    # elements per piece of a file → live conversion (a buffer that stays in L2)
@@ -120,9 +120,17 @@ def reproduces(live: torch.Tensor, a: torch.Tensor, via: torch.dtype | None) -> 
     for lp, ap in pieces:
         b = buf[:lp.numel()]
         b.copy_(ap.to(dtype=via) if rounds else ap)
-        if not torch.equal(b.view(torch.uint8), lp.view(torch.uint8)):
+        if not torch.equal(_bits(b), _bits(lp)):
             return False
     return True
+
+
+_INTS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """t's bit patterns as integers of its element size (torch.equal over bytes is 4× slower)."""
+    return t.view(_INTS[t.element_size()]) if t.element_size() in _INTS and t.dtype != torch.bool else t
 
 
 def convert(a: torch.Tensor, via: torch.dtype | None, dtype: torch.dtype, device) -> torch.Tensor:
