@@ -19,7 +19,7 @@ from contextlib import contextmanager
 import torch
 
 _LOCK = threading.Lock()
-_saved: list = []        # what the program had, while merges run
+_saved: list = [None]    # what the program had (see _enter), while merges run
 _active = 0
 
 
@@ -33,26 +33,38 @@ def _backends() -> list:
     return [x for x in found if x is not None and hasattr(x, "fp32_precision")]
 
 
-def _enter() -> list:
+def _enter() -> list | None:
+    """Set IEEE float32; what to put back (None: nothing was changed)."""
     per_backend = _backends()
-    if per_backend:
-        saved = [(x, x.fp32_precision) for x in per_backend]
-        for x in per_backend:
-            x.fp32_precision = "ieee"
+    saved: list = []
+    try:
+        if per_backend:
+            for x in per_backend:
+                saved.append((x, x.fp32_precision))
+                x.fp32_precision = "ieee"
+            return saved
+        saved = [torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32]
+        torch.set_float32_matmul_precision("highest")
+        torch.backends.cudnn.allow_tf32 = False
         return saved
-    saved = [torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32]
-    torch.set_float32_matmul_precision("highest")
-    torch.backends.cudnn.allow_tf32 = False
-    return saved
+    except (RuntimeError, AttributeError, TypeError, ValueError):
+        # a torch whose settings behave otherwise: merge with the program's settings, change nothing
+        _leave(saved)
+        return None
 
 
-def _leave(saved: list) -> None:
-    if saved and isinstance(saved[0], tuple):
-        for x, value in saved:
-            x.fp32_precision = value
+def _leave(saved: list | None) -> None:
+    if not saved:
         return
-    torch.set_float32_matmul_precision(saved[0])
-    torch.backends.cudnn.allow_tf32 = saved[1]
+    try:
+        if isinstance(saved[0], tuple):
+            for x, value in saved:
+                x.fp32_precision = value
+            return
+        torch.set_float32_matmul_precision(saved[0])
+        torch.backends.cudnn.allow_tf32 = saved[1]
+    except (RuntimeError, AttributeError, TypeError, ValueError):
+        pass
 
 
 @contextmanager
@@ -61,7 +73,7 @@ def full_float32():
     global _active
     with _LOCK:
         if _active == 0:
-            _saved[:] = _enter()
+            _saved[:] = [_enter()]
         _active += 1
     try:
         yield
@@ -69,4 +81,4 @@ def full_float32():
         with _LOCK:
             _active -= 1
             if _active == 0:
-                _leave(_saved)
+                _leave(_saved[0])

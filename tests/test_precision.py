@@ -139,3 +139,29 @@ def test_lora_tools_compute_in_full_float32(tf32_on, tmp_path, monkeypatch):
     resize_lora(str(tmp_path / "mm.safetensors"), str(tmp_path / "r.safetensors"), rank=1, device="cpu")
     assert len(seen) > 3 and set(seen) == {"strict"}
     assert _flags() != "strict"
+
+
+def test_settings_that_cannot_be_changed_do_not_stop_a_merge(monkeypatch):
+    """A torch whose settings refuse the change: the block still runs, and what was changed before
+    the refusal is put back at once."""
+    from merger import precision
+
+    class Setting:
+        def __init__(self, value, refuse):
+            self._v, self.refuse = value, refuse
+
+        @property
+        def fp32_precision(self):
+            return self._v
+
+        @fp32_precision.setter
+        def fp32_precision(self, v):
+            if self.refuse and v == "ieee":
+                raise RuntimeError("not supported here")
+            self._v = v
+    first, second = Setting("tf32", False), Setting("tf32", True)
+    monkeypatch.setattr(precision, "_backends", lambda: [first, second])
+    ran = []
+    with full_float32():
+        ran.append((first.fp32_precision, second.fp32_precision))
+    assert ran == [("tf32", "tf32")] and first.fp32_precision == "tf32"
