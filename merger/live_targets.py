@@ -104,8 +104,9 @@ def _pieces(live: torch.Tensor, a: torch.Tensor):
     return [(lf[s:s + step], af[s:s + step]) for s in range(0, n, step)]
 
 
-def _rounds(via, a: torch.Tensor, live: torch.Tensor) -> bool:
-    return via is not None and via != live.dtype and a.is_floating_point() and live.dtype.is_floating_point
+def _rounds(via, a: torch.Tensor, dtype: torch.dtype) -> bool:
+    """True when file tensor `a` is rounded through `via` before it becomes `dtype`."""
+    return via is not None and via != dtype and a.is_floating_point() and dtype.is_floating_point
 
 
 def reproduces(live: torch.Tensor, a: torch.Tensor, via: torch.dtype | None) -> bool:
@@ -116,7 +117,7 @@ def reproduces(live: torch.Tensor, a: torch.Tensor, via: torch.dtype | None) -> 
     if pieces is None:
         return bitwise_equal(live, convert(a, via, live.dtype, live.device))
     buf = torch.empty(pieces[0][0].numel(), dtype=live.dtype, device=live.device)
-    rounds = _rounds(via, a, live)
+    rounds = _rounds(via, a, live.dtype)
     for lp, ap in pieces:
         b = buf[:lp.numel()]
         b.copy_(ap.to(dtype=via) if rounds else ap)
@@ -135,7 +136,7 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
 
 def convert(a: torch.Tensor, via: torch.dtype | None, dtype: torch.dtype, device) -> torch.Tensor:
     """File tensor → live representation: a.to(dtype), rounded through `via` first when given."""
-    if via is not None and via != dtype and a.is_floating_point() and dtype.is_floating_point:
+    if _rounds(via, a, dtype):
         a = a.to(device=device, dtype=via)
     return a.to(device=device, dtype=dtype)
 
@@ -168,7 +169,7 @@ def write(t: Target, x: torch.Tensor, via: torch.dtype | None = None) -> None:
     for live, p in zip(t.tensors(), parts(t, x)):
         if p is live or p.data_ptr() == live.data_ptr():
             continue
-        rounds = _rounds(via, p, live)
+        rounds = _rounds(via, p, live.dtype)
         pieces = _pieces(live.data, p)
         for lp, ap in pieces if pieces is not None else [(live.data, p)]:
             lp.copy_(ap.to(dtype=via) if rounds else ap)

@@ -74,8 +74,9 @@ class Method:
     out_aliases_a: the kernel's result is the same when ``ctx.out`` is ``a`` itself (it reads a[i]
         only before writing out[i]), so the engine may convert A straight into the destination.
     bound: ``bound(alpha, beta, gamma, mags) -> float``, an upper bound on |result| given each
-        input's largest magnitude (``mags``: slot → max |x|, inf when the input holds NaN/inf),
-        including the kernel's float32 rounding; NaN or inf when nothing can be promised. A live
+        input's largest magnitude (``mags``: slot → max |x|, inf when the input holds NaN/inf), in
+        exact arithmetic (the caller adds a margin for the kernel's float32 rounding,
+        merger.livegroups.SLACK); NaN or inf when nothing can be promised. A live
         re-merge whose inputs' magnitudes are known skips the NaN/overflow check of a result whose
         bound the output dtype holds (merger.livegroups). None: the result is always checked.
     multi: set for the multi-model modes (A + fine-tunes B…F), whose kernels take a list of models
